@@ -1,0 +1,78 @@
+"""Builders for tiny random-weight pipelines saved as diffusers folders (offline, no hub)."""
+
+from pathlib import Path
+
+import torch
+
+
+def byte_clip_tokenizer():
+    """A byte-level CLIP tokenizer built in memory: every byte is a token, no merges."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token="<|endoftext|>")
+
+
+def letter_t5_tokenizer():
+    """A unigram T5 tokenizer over single characters and a few words."""
+    from transformers import T5Tokenizer
+
+    pieces = ["<pad>", "</s>", "<unk>", "▁"]
+    pieces += [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["▁" + chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces += ["▁bike", "▁wheels", "▁cat", "▁red", "▁car", "▁a"]
+    vocab = [(p, 0.0 if i < 3 else -float(len(p))) for i, p in enumerate(pieces)]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def _clip_encoder(seed: int, vocab_size: int, hidden: int):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, projection_dim=hidden,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModelWithProjection(cfg).eval()
+
+
+def build_sd3(path: Path, *, dual_attention: bool = False, seed: int = 0, sample_size: int = 16) -> Path:
+    """Save a tiny random StableDiffusion3Pipeline to `path` and return it."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import T5Config, T5EncoderModel
+
+    clip_tok = byte_clip_tokenizer()
+    t5_tok = letter_t5_tokenizer()
+    vocab = len(clip_tok)
+    text_encoder = _clip_encoder(seed + 1, vocab, 16)
+    text_encoder_2 = _clip_encoder(seed + 2, vocab, 16)
+    torch.manual_seed(seed + 3)
+    t5 = T5EncoderModel(T5Config(
+        vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )).eval()
+    torch.manual_seed(seed + 4)
+    transformer = SD3Transformer2DModel(
+        sample_size=sample_size, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32,
+        out_channels=4, qk_norm="rms_norm", dual_attention_layers=(0,) if dual_attention else (),
+    )
+    torch.manual_seed(seed + 5)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 8], latent_channels=4,
+        norm_num_groups=4, sample_size=32, shift_factor=0.06, scaling_factor=1.5,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=text_encoder, tokenizer=clip_tok, text_encoder_2=text_encoder_2, tokenizer_2=clip_tok,
+        text_encoder_3=t5, tokenizer_3=t5_tok,
+    )
+    pipe.save_pretrained(path)
+    return Path(path)
