@@ -1,0 +1,271 @@
+"""VSF on SD3 joint attention: fast kernels against dense oracles, and the install/restore invariants."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import load
+from vsf_cli import guidance
+from vsf_cli.errors import UsageError
+from vsf_cli.guidance.attention import attention_lse, small_attention_lse, vsf_joint
+from vsf_cli.guidance.oracle import vsf_joint_dense
+
+
+def groups(*sizes, batch=2, heads=3, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [tuple(torch.randn(batch, heads, n, dim, generator=g) for _ in range(3)) for n in sizes]
+
+
+def close(a, b, tol=1e-5):
+    return all(torch.allclose(x, y, atol=tol, rtol=0) for x, y in zip(a, b, strict=True))
+
+
+# --- kernels -------------------------------------------------------------------------------------------------
+
+
+def test_attention_lse_matches_math():
+    (q, k, v), = groups(37)
+    out, lse = attention_lse(q, k, v)
+    logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    assert torch.allclose(lse, logits.logsumexp(-1), atol=1e-5)
+    assert torch.allclose(out, torch.softmax(logits, -1) @ v, atol=1e-5)
+    assert close(small_attention_lse(q, k, v), (out, lse))
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.1, 0.7, -0.5])
+@pytest.mark.parametrize("scale", [0.0, 1.0, 3.5])
+def test_vsf_kernel_equals_dense_mask(scale, offset):
+    image, positive, negative = groups(40, 9, 5)
+    fast = vsf_joint(image, positive, negative, scale=scale, offset=offset)
+    dense = vsf_joint_dense(image, positive, negative, scale=scale, offset=offset)
+    assert close(fast, dense)
+
+
+def test_vsf_kernel_padding_mask_and_strided_inputs():
+    image, positive, negative = groups(40, 9, 6)
+    # projections arrive as transposed views, as in the processors
+    image = tuple(x.transpose(1, 2).contiguous().transpose(1, 2) for x in image)
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    fast = vsf_joint(image, positive, negative, scale=2.0, offset=0.2, negative_mask=mask)
+    dense = vsf_joint_dense(image, positive, negative, scale=2.0, offset=0.2, negative_mask=mask)
+    assert close(fast, dense)
+    # the padded sample equals the same sample run alone with its three real negative tokens
+    alone = vsf_joint(*[tuple(x[1:, :, :n] for x in g) for g, n in zip((image, positive, negative), (40, 9, 3))],
+                      scale=2.0, offset=0.2)
+    assert close([alone[0], alone[1]], [fast[0][1:], fast[1][1:]])
+
+
+def test_vsf_kernel_bfloat16_close_to_oracle():
+    image, positive, negative = groups(64, 9, 5)
+    low = [tuple(x.bfloat16() for x in g) for g in (image, positive, negative)]
+    fast = vsf_joint(*low, scale=3.5, offset=0.1)
+    dense = vsf_joint_dense(image, positive, negative, scale=3.5, offset=0.1)
+    assert all(f.dtype == torch.bfloat16 for f in fast)
+    assert close([f.float() for f in fast], dense, tol=5e-2)
+
+
+def test_infinite_offset_is_positive_only_attention():
+    image, positive, negative = groups(30, 7, 4)
+    fast = vsf_joint(image, positive, negative, scale=3.0, offset=math.inf)
+    q, k, v = (torch.cat([a, b], 2) for a, b in zip(image, positive))
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.allclose(fast[0], plain[:, :, :30], atol=1e-6)
+
+
+# --- pipelines: an independent dense oracle --------------------------------------------------------------------
+
+
+class DenseOracle:
+    """Written from the paper's table, sharing no code with the package: full q/k/v, one dense mask, softmax.
+
+    `layout` "paper": stream [P, N0]; "reference": the seed code's [P, Na, Nb] (METHOD.md §2.3 table).
+    """
+
+    def __init__(self, n_pos, n_neg, scale, offset, layout="paper"):
+        self.n_pos, self.n_neg, self.scale, self.offset, self.layout = n_pos, n_neg, scale, offset, layout
+
+    def mask(self, n_img):
+        p, n = self.n_pos, self.n_neg
+        if self.layout == "paper":  # queries [I, P, N0], keys [I, P, N0, N1]
+            groups = {"I": n_img, "P": p, "N0": n}
+            see = {"I": {"I": 0, "P": 0, "N1": -self.offset}, "P": {"I": 0, "P": 0}, "N0": {"I": 0, "N0": 0}}
+        else:  # queries [I, P, Na, Nb], keys [I, P, Na, Nb, Nflip]
+            groups = {"I": n_img, "P": p, "Na": n, "Nb": n}
+            see = {"I": {"I": 0, "P": 0, "Na": 0, "N1": -self.offset}, "P": {"I": 0, "P": 0, "Na": 0},
+                   "Na": {"I": 0, "P": 0, "Na": 0}, "Nb": {"I": 0, "Nb": 0}}
+        key_groups = {**groups, "N1": n}
+        rows, cols = [], []
+        for name, size in groups.items():
+            rows += [name] * size
+        for name, size in key_groups.items():
+            cols += [name] * size
+        m = torch.full((len(rows), len(cols)), float("-inf"), dtype=torch.float64)
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                if c in see[r]:
+                    m[i, j] = see[r][c]
+        return m
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        b, n_img = hidden_states.shape[:2]
+        heads, dim = attn.heads, 8
+
+        def split(t):
+            return t.view(b, -1, heads, dim).transpose(1, 2)
+
+        qi, ki, vi = attn.norm_q(split(attn.to_q(hidden_states))), attn.norm_k(split(attn.to_k(hidden_states))), \
+            split(attn.to_v(hidden_states))
+        qt = attn.norm_added_q(split(attn.add_q_proj(encoder_hidden_states)))
+        kt = attn.norm_added_k(split(attn.add_k_proj(encoder_hidden_states)))
+        vt = split(attn.add_v_proj(encoder_hidden_states))
+        neg = slice(-self.n_neg, None)
+        q = torch.cat([qi, qt], 2).double()
+        k = torch.cat([ki, kt, kt[:, :, neg]], 2).double()
+        v = torch.cat([vi, vt, -self.scale * vt[:, :, neg]], 2).double()
+        logits = q @ k.transpose(-1, -2) / math.sqrt(dim) + self.mask(n_img)
+        out = (torch.softmax(logits, -1) @ v).float().transpose(1, 2).reshape(b, -1, heads * dim)
+        img, txt = out[:, :n_img], out[:, n_img:]
+        if not attn.context_pre_only:
+            txt = attn.to_add_out(txt)
+        return attn.to_out[1](attn.to_out[0](img)), txt
+
+
+def oracle_run(pipe, negative, scale, offset, layout="paper", **call):
+    """Run `pipe` with the dense oracle: negative tokens from the package's encoder, everything else independent."""
+    from vsf_cli.models.families.sd3 import encode_negative
+
+    neg = encode_negative(pipe, negative)
+    copies = 1 if layout == "paper" else 2
+    n_pos = 77 + call.get("max_sequence_length", 256)
+    processor = DenseOracle(n_pos, neg.shape[1], scale, offset, layout)
+
+    def hook(module, args, kwargs):
+        e = kwargs["encoder_hidden_states"]
+        kwargs["encoder_hidden_states"] = torch.cat([e] + [neg.to(e).expand(e.shape[0], -1, -1)] * copies, 1)
+        return args, kwargs
+
+    original = dict(pipe.transformer.attn_processors)
+    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    for block in pipe.transformer.transformer_blocks:
+        block.attn.set_processor(processor)
+    try:
+        return generate(pipe, **call)
+    finally:
+        handle.remove()
+        pipe.transformer.set_attn_processor(original)
+
+
+def generate(pipe, prompt="a red bike", seed=0, steps=2, **kw):
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompt) if isinstance(prompt, list) else 1)]
+    return pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=0.0, height=32, width=32,
+                generator=generators, output_type="pt", **kw).images
+
+
+@pytest.mark.parametrize("fixture", ["sd3", "sd3_dual"])
+def test_pipeline_equals_dense_oracle(fixture, request):
+    pipe = request.getfixturevalue(fixture)
+    with guidance.apply(pipe, "vsf", negative="wheels", scale=3.5, offset=0.1):
+        fast = generate(pipe)
+    dense = oracle_run(pipe, "wheels", 3.5, 0.1)
+    assert torch.allclose(fast, dense, atol=1e-4)
+    assert not torch.allclose(fast, generate(pipe), atol=1e-3), "guidance had no effect"
+
+
+def test_reference_layout_equals_its_dense_oracle(sd3):
+    with guidance.apply(sd3, "vsf", negative="wheels", scale=3.0, offset=0.08, compat="reference"):
+        fast = generate(sd3)
+    assert torch.allclose(fast, oracle_run(sd3, "wheels", 3.0, 0.08, layout="reference"), atol=1e-4)
+    with guidance.apply(sd3, "vsf", negative="wheels", scale=3.0, offset=0.08):
+        paper = generate(sd3)
+    assert not torch.allclose(fast, paper, atol=1e-3)
+
+
+@pytest.mark.parametrize("fixture", ["sd3", "sd3_dual"])
+def test_leaving_restores_bit_exactly(fixture, request):
+    pipe = request.getfixturevalue(fixture)
+    processors = dict(pipe.transformer.attn_processors)
+    before = generate(pipe)
+    with guidance.apply(pipe, "vsf", negative="wheels"):
+        generate(pipe)
+    assert torch.equal(generate(pipe), before)
+    assert pipe.transformer.attn_processors == processors
+    assert not pipe.transformer._forward_pre_hooks
+
+
+def test_restores_after_an_error_inside_the_block(sd3):
+    before = generate(sd3)
+    with pytest.raises(RuntimeError), guidance.apply(sd3, "vsf", negative="wheels"):
+        raise RuntimeError("boom")
+    assert torch.equal(generate(sd3), before)
+
+
+def test_huge_offset_equals_positive_only(sd3):
+    with guidance.apply(sd3, "vsf", negative="wheels", scale=3.5, offset=1e9):
+        guided = generate(sd3)
+    assert torch.allclose(guided, generate(sd3), atol=1e-6)
+
+
+def test_per_prompt_negatives_of_different_lengths_match_single_runs(sd3):
+    prompts, negatives = ["a red bike", "a cat"], ["wheels", "a long negative prompt"]
+    with guidance.apply(sd3, "vsf", negative=negatives, scale=3.0, offset=0.1):
+        both = generate(sd3, prompt=prompts)
+    for i in range(2):
+        with guidance.apply(sd3, "vsf", negative=negatives[i], scale=3.0, offset=0.1):
+            alone = generate(sd3, prompt=[prompts[i]], seed=i)
+        assert torch.allclose(both[i], alone[0], atol=1e-4)
+
+
+def test_num_images_per_prompt_repeats_negatives(sd3):
+    with guidance.apply(sd3, "vsf", negative=["wheels"]):
+        images = sd3(prompt="a red bike", num_images_per_prompt=2, num_inference_steps=1, guidance_scale=0.0,
+                     height=32, width=32, output_type="pt").images
+    assert images.shape[0] == 2
+
+
+def test_guidance_scale_above_one_is_a_clear_error(sd3):
+    with guidance.apply(sd3, "vsf", negative="wheels"), pytest.raises(UsageError, match="guidance_scale <= 1"):
+        sd3(prompt="a bike", num_inference_steps=1, guidance_scale=5.0, height=32, width=32)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"scale": -1}, "scale"), ({"scale": 50}, "scale"), ({"offset": -9}, "offset"),
+    ({"compat": "seed"}, "compat"), ({"alpha": 1}, "alpha"),
+])
+def test_parameter_ranges_checked_on_construction(params, message):
+    with pytest.raises(UsageError, match=message):
+        guidance.create("vsf", **params)
+
+
+def test_unknown_method_and_missing_negative(sd3):
+    with pytest.raises(UsageError, match="unknown method"):
+        guidance.create("magic")
+    with pytest.raises(UsageError, match="negative"), guidance.apply(sd3, "vsf", negative=""):
+        pass
+
+
+def test_works_with_a_lora_adapter(sd3):
+    from peft import LoraConfig
+
+    base = generate(sd3)
+    sd3.transformer.add_adapter(LoraConfig(r=2, target_modules=["to_q", "to_k", "to_v", "add_k_proj"],
+                                           init_lora_weights=False), adapter_name="test")
+    with_lora = generate(sd3)
+    assert not torch.allclose(base, with_lora, atol=1e-4)
+    with guidance.apply(sd3, "vsf", negative="wheels", offset=1e9):
+        assert torch.allclose(generate(sd3), with_lora, atol=1e-6)
+    with guidance.apply(sd3, "vsf", negative="wheels"):
+        fast = generate(sd3)
+    assert torch.allclose(fast, oracle_run(sd3, "wheels", 3.5, 0.1), atol=1e-4)
+    assert torch.equal(generate(sd3), with_lora)
+
+
+def test_works_with_model_cpu_offload(sd3_dir):
+    plain = load(sd3_dir)
+    with guidance.apply(plain, "vsf", negative="wheels"):
+        expected = generate(plain)
+    offloaded = load(sd3_dir)
+    offloaded.enable_model_cpu_offload(device="cpu")
+    with guidance.apply(offloaded, "vsf", negative="wheels"):
+        got = generate(offloaded)
+    assert torch.allclose(got, expected, atol=1e-6)

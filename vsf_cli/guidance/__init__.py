@@ -1,0 +1,40 @@
+"""Negative guidance on stock diffusers pipelines: `apply(pipe, method, negative=..., **params)` and the method registry."""
+
+import contextlib
+import importlib
+
+from pydantic import ValidationError
+
+from vsf_cli.errors import UsageError
+
+# One file per method; values are "module:class" so listing methods imports nothing heavy.
+METHODS = {"vsf": "vsf_cli.guidance.vsf:VSF"}
+
+
+def create(method: str, **params):
+    """Build a method from its name and parameters, turning range errors into one-line UsageErrors."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    module, cls = METHODS[method].split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)(**params)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or method}: {err['msg']}" for err in e.errors())
+        raise UsageError(f"{method}: {problems}") from None
+
+
+@contextlib.contextmanager
+def apply(pipe, method: str = "vsf", *, negative: str | list[str] | None = None, **params):
+    """Install a guidance method on `pipe` for the duration of the block; leaving it restores the pipeline exactly.
+
+    `negative` is one string for every prompt, or a list with one string per prompt.
+    """
+    guide = create(method, **params)
+    negatives = [negative] if isinstance(negative, str) else list(negative or [])
+    if guide.needs_negative and (not negatives or not all(isinstance(n, str) and n.strip() for n in negatives)):
+        raise UsageError(f"{method} needs a non-empty negative prompt")
+    installed = guide.install(pipe, negatives)
+    try:
+        yield guide
+    finally:
+        installed.remove()

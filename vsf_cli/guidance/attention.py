@@ -1,0 +1,89 @@
+"""Fast attention math per attention kind: SDPA with log-sum-exp, partition merges, and the VSF joint kernel."""
+
+import torch
+
+Group = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""(query, key, value) of one token group, each (batch, heads, tokens, head_dim); query may be None."""
+
+
+def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unmasked softmax attention and its log-sum-exp (float32), through a fused kernel where one exists.
+
+    The log-sum-exp lets callers add more key groups afterwards (see `merge`), so the big image-token
+    attention never needs a mask and stays on flash / memory-efficient kernels.
+    """
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+        return out, lse
+    if q.device.type == "cuda":
+        if q.dtype in (torch.float16, torch.bfloat16):
+            try:
+                out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2]
+                return out, lse
+            except RuntimeError:  # head_dim or GPU generation the flash kernel does not support
+                pass
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+        return out, lse[..., : q.shape[2]]  # the kernel pads the lse length to a multiple of 32
+    return small_attention_lse(q, k, v)
+
+
+def small_attention_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: float = 0.0,
+    key_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention with explicit logits, for the few negative-prompt keys (n_N is ~4-80 tokens).
+
+    `bias` is added to every logit; `key_mask` (batch, keys) is False for padding keys.
+    """
+    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5 + bias
+    if key_mask is not None:
+        logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    lse = logits.logsumexp(dim=-1)
+    out = torch.matmul(torch.softmax(logits, dim=-1), v.float())
+    return out.to(v.dtype), lse
+
+
+def merge(part_a: tuple[torch.Tensor, torch.Tensor], part_b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Softmax over the union of two key groups, from each group's output and log-sum-exp.
+
+    softmax([A; B]) V = w Z_A + (1 - w) Z_B with w = sigmoid(lse_A - lse_B): exact, per head and query.
+    """
+    (out_a, lse_a), (out_b, lse_b) = part_a, part_b
+    w = torch.sigmoid(lse_a - lse_b).unsqueeze(-1)
+    return (w * out_a.float() + (1 - w) * out_b.float()).to(out_a.dtype)
+
+
+def vsf_joint(
+    image: Group,
+    positive: Group,
+    negative: Group,
+    *,
+    scale: float,
+    offset: float,
+    negative_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """VSF in one joint (MMDiT) attention layer; returns the outputs of the image, positive and negative queries.
+
+    Visibility (paper Fig. 3; METHOD.md §2.2), with the flipped copy N1 = (K_N0, -scale * V_N0):
+      image queries     -> image, positive, N1 (logits - offset)
+      positive queries  -> image, positive
+      negative queries  -> image, negative (the collector N0)
+    Image and positive queries share one unmasked fused attention over [image, positive].
+    """
+    q_i, k_i, v_i = image
+    q_p, k_p, v_p = positive
+    q_n, k_n, v_n = negative
+    n_i = q_i.shape[2]
+    out, lse = attention_lse(torch.cat([q_i, q_p], dim=2), torch.cat([k_i, k_p], dim=2), torch.cat([v_i, v_p], dim=2))
+    out_i = out[:, :, :n_i], lse[:, :, :n_i]
+    if offset == float("inf"):
+        image_out = out_i[0]
+    else:
+        flipped = small_attention_lse(q_i, k_n, v_n * -scale, bias=-offset, key_mask=negative_mask)
+        image_out = merge(out_i, flipped)
+    collector = merge(attention_lse(q_n, k_i, v_i), small_attention_lse(q_n, k_n, v_n, key_mask=negative_mask))
+    return image_out, out[:, :, n_i:], collector
+

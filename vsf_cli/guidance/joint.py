@@ -1,0 +1,94 @@
+"""Joint-attention (MMDiT) plumbing shared by every method: the negative joins the text stream as a collector N0."""
+
+from collections.abc import Callable
+
+import torch
+
+from vsf_cli.errors import UsageError
+
+JointKernel = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+class Installation:
+    """Removable changes to a pipeline: forward hooks and attention-processor swaps, undone in reverse order."""
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], None]] = []
+
+    def hook(self, handle) -> None:
+        self._undo.append(handle.remove)
+
+    def swap_processor(self, attn: torch.nn.Module, processor) -> None:
+        original = attn.processor
+        attn.set_processor(processor)
+        self._undo.append(lambda: attn.set_processor(original))
+
+    def remove(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
+class JointState:
+    """Per-call layout of the text stream [positive, negative], written by the pre-hook and read by processors."""
+
+    def __init__(self, kernel: JointKernel) -> None:
+        self.kernel = kernel
+        self.n_positive = 0
+        self.negative_mask: torch.Tensor | None = None
+
+    def attend(self, image, text_q, text_k, text_v):
+        """Split the text groups at the positive length and run the method's kernel."""
+        n = self.n_positive
+        positive = text_q[:, :, :n], text_k[:, :, :n], text_v[:, :, :n]
+        negative = text_q[:, :, n:], text_k[:, :, n:], text_v[:, :, n:]
+        image_out, positive_out, negative_out = self.kernel(image, positive, negative, negative_mask=self.negative_mask)
+        return image_out, torch.cat([positive_out, negative_out], dim=2)
+
+
+def pad_negatives(embeds: list[torch.Tensor], batch: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stack per-prompt negative embeddings (1, n_i, C) into (batch, max n, C) plus a key mask (None if all equal).
+
+    Prompts are repeated by the pipeline (`num_images_per_prompt`), so negatives are repeated the same way.
+    """
+    if batch % len(embeds):
+        raise UsageError(f"{len(embeds)} negative prompts do not divide a batch of {batch} prompts")
+    embeds = [e for e in embeds for _ in range(batch // len(embeds))]
+    longest = max(e.shape[1] for e in embeds)
+    tokens = torch.zeros(batch, longest, embeds[0].shape[-1], device=device, dtype=dtype)
+    mask = torch.zeros(batch, longest, dtype=torch.bool, device=device)
+    for i, e in enumerate(embeds):
+        tokens[i, : e.shape[1]] = e[0].to(device=device, dtype=dtype)
+        mask[i, : e.shape[1]] = True
+    return tokens, (None if bool(mask.all()) else mask)
+
+
+def install_joint(pipe, family, negatives: list[str], kernel: JointKernel, *, reference_layout: bool = False) -> Installation:
+    """Append the negative to the text stream on every transformer call and route joint attention through `kernel`.
+
+    `reference_layout` reproduces the seed code's stream [P, Na, Nb] (METHOD.md §2.3): Na then acts as part of
+    the positive, and Nb is the collector whose flipped copy the image reads.
+    """
+    embeds = [family.encode_negative(pipe, text) for text in negatives]
+    state = JointState(kernel)
+    installed = Installation()
+
+    def append_negative(module, args, kwargs):
+        family.check_call(pipe)
+        name = family.text_kwarg
+        positive = kwargs[name]
+        tokens, mask = pad_negatives(embeds, positive.shape[0], positive.device, positive.dtype)
+        if reference_layout and mask is not None:
+            raise UsageError("compat=reference needs negatives of equal token length in one batch (as the seed code)")
+        stream = [positive, tokens, tokens] if reference_layout else [positive, tokens]
+        state.n_positive = positive.shape[1] + (tokens.shape[1] if reference_layout else 0)
+        state.negative_mask = mask
+        return args, {**kwargs, name: torch.cat(stream, dim=1)}
+
+    try:
+        installed.hook(pipe.transformer.register_forward_pre_hook(append_negative, with_kwargs=True))
+        for attn in family.joint_attentions(pipe.transformer):
+            installed.swap_processor(attn, family.JointProcessor(state))
+    except BaseException:
+        installed.remove()
+        raise
+    return installed

@@ -1,0 +1,25 @@
+"""Value Sign Flip: image queries read the negative's keys with values multiplied by -scale (arXiv 2508.10931)."""
+
+from functools import partial
+from typing import Literal
+
+from pydantic import Field
+
+from vsf_cli.guidance.attention import vsf_joint
+from vsf_cli.guidance.base import Method
+from vsf_cli.guidance.joint import install_joint
+from vsf_cli.models.families import adapter_for
+
+
+class VSF(Method):
+    """VSF with the paper's layout (collector N0 in the stream, flipped K/V-only copy N1 read by image tokens)."""
+
+    scale: float = Field(3.5, ge=0.0, le=20.0, description="flip scale alpha: negative values are multiplied by -scale")
+    offset: float = Field(0.1, ge=-5.0, description="logit offset beta subtracted from image->negative logits; inf = off")
+    compat: Literal["paper", "reference"] = Field(
+        "paper", description="'reference' reproduces the seed code's [P, Na, Nb] stream, which the paper's numbers used"
+    )
+
+    def install(self, pipe, negatives: list[str]):
+        kernel = partial(vsf_joint, scale=self.scale, offset=self.offset)
+        return install_joint(pipe, adapter_for(pipe), negatives, kernel, reference_layout=self.compat == "reference")

@@ -1,0 +1,81 @@
+"""Stable Diffusion 3 / 3.5 (MMDiT) adapter: unpadded negative encoding and the joint-attention processor."""
+
+import torch
+import torch.nn.functional as F
+
+from vsf_cli.errors import UsageError
+
+PIPELINES = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline")
+text_kwarg = "encoder_hidden_states"
+T5_MAX_TOKENS = 256  # the pipelines' default max_sequence_length for the positive
+
+
+@torch.no_grad()
+def encode_negative(pipe, text: str) -> torch.Tensor:
+    """Encode a negative without padding (METHOD.md §2.1): (1, n_clip + n_t5, joint_attention_dim).
+
+    CLIP-L and CLIP-G penultimate states of BOS..EOS (the layer SD3 uses for the positive) are joined on
+    channels and zero-padded to the T5 width; T5 tokens with EOS follow. Padding tokens would also get
+    flipped values, so there are none.
+    """
+    device = pipe._execution_device
+    clip = []
+    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+        ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+        clip.append(encoder(ids.to(device), output_hidden_states=True).hidden_states[-2])
+    n = min(c.shape[1] for c in clip)  # the two CLIP tokenizers share a vocabulary, so n is the same in practice
+    width = pipe.transformer.config.joint_attention_dim
+    tokens = F.pad(torch.cat([c[:, :n] for c in clip], dim=-1), (0, width - clip[0].shape[-1] - clip[1].shape[-1]))
+    if pipe.text_encoder_3 is not None:
+        ids = pipe.tokenizer_3(text, truncation=True, max_length=T5_MAX_TOKENS, return_tensors="pt").input_ids
+        t5 = pipe.text_encoder_3(ids.to(device))[0]
+        tokens = torch.cat([tokens.to(t5.dtype), t5], dim=1)
+    return tokens.to("cpu")
+
+
+def check_call(pipe) -> None:
+    """VSF replaces CFG; with guidance_scale > 1 the SD3 pipeline would batch an unconditional pass."""
+    if getattr(pipe, "do_classifier_free_guidance", False):
+        raise UsageError(
+            f"VSF runs at guidance_scale <= 1 (got {pipe.guidance_scale}); "
+            "use guidance_scale=0 for turbo models, or method 'cfg' for classifier-free guidance"
+        )
+
+
+def joint_attentions(transformer) -> list[torch.nn.Module]:
+    """The joint attention of every block; SD3.5 Medium's image-only `attn2` is left alone."""
+    return [block.attn for block in transformer.transformer_blocks]
+
+
+class JointProcessor:
+    """diffusers' JointAttnProcessor2_0 projections, with the attention call handed to the guidance kernel."""
+
+    def __init__(self, state) -> None:
+        self.state = state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        if encoder_hidden_states is None:
+            raise UsageError("SD3 joint attention called without text; is this an SD3 transformer?")
+        batch = hidden_states.shape[0]
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        tq = attn.add_q_proj(encoder_hidden_states)
+        tk = attn.add_k_proj(encoder_hidden_states)
+        tv = attn.add_v_proj(encoder_hidden_states)
+        inner = k.shape[-1]
+        q, k, v, tq, tk, tv = (x.view(batch, -1, attn.heads, inner // attn.heads).transpose(1, 2) for x in (q, k, v, tq, tk, tv))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        if attn.norm_added_q is not None:
+            tq = attn.norm_added_q(tq)
+        if attn.norm_added_k is not None:
+            tk = attn.norm_added_k(tk)
+
+        image, text = self.state.attend((q, k, v), tq, tk, tv)
+        image = image.transpose(1, 2).reshape(batch, -1, inner).to(q.dtype)
+        text = text.transpose(1, 2).reshape(batch, -1, inner).to(q.dtype)
+        if not attn.context_pre_only:
+            text = attn.to_add_out(text)
+        image = attn.to_out[1](attn.to_out[0](image))
+        return image, text

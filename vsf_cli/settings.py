@@ -1,0 +1,33 @@
+"""Resolved generation settings for one image: a validated pydantic model shared by CLI, metadata and batch."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Method = Literal["vsf"]
+Offload = Literal["none", "model", "sequential"]
+Compat = Literal["paper", "reference"]
+
+
+class GenSettings(BaseModel):
+    """Everything needed to reproduce one image; written into the PNG and read back by `--from`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    negative: str | None = None
+    model: str = "sd35-large-turbo"
+    method: Method = "vsf"
+    scale: float = Field(3.5, ge=0.0, le=20.0, description="VSF flip scale alpha")
+    offset: float = Field(0.1, ge=0.0, description="VSF logit offset beta, subtracted from image->negative logits")
+    compat: Compat = "paper"
+    steps: int = Field(8, ge=1, le=200)
+    width: int = Field(1024, ge=16, le=8192)
+    height: int = Field(1024, ge=16, le=8192)
+    seed: int = Field(0, ge=0, lt=2**63)
+    guidance_scale: float = Field(0.0, ge=0.0)
+    max_sequence_length: int = Field(256, ge=1, le=512)
+    lora: list[str] = []
+    dtype: str = "auto"
+    device: str = "auto"
+    offload: Offload = "none"
