@@ -1,0 +1,1 @@
+"""Writing outputs to disk: file naming, atomic writes and embedded generation metadata."""
