@@ -1,0 +1,348 @@
+"""Loading stock diffusers pipelines: offline mode, device/dtype/offload, LoRAs, and hub errors as one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from vsf_cli.errors import GatedModelError, OfflineError, UsageError, VsfError
+from vsf_cli.models.registry import ModelSpec, looks_like_hub_id
+
+# family -> stock diffusers pipeline class; flux ("FluxPipeline") and wan ("WanPipeline") slot in here.
+FAMILY_PIPELINE: dict[str, str] = {"sd3": "StableDiffusion3Pipeline"}
+
+DTYPES = ("float16", "bfloat16", "float32")
+OFFLOADS = ("none", "model", "sequential")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+LORA_DEFAULT_FILE = "pytorch_lora_weights.safetensors"
+
+
+def set_offline(offline: bool) -> None:
+    """Forbid all hub traffic for this process.
+
+    Call it BEFORE diffusers or transformers is imported: huggingface_hub reads HF_HUB_OFFLINE once, at import, and
+    diffusers copies that value into its own modules. If huggingface_hub is already imported, its flag is also set
+    here, so its HTTP session refuses every request; `load_pipeline(offline=True)` also passes local_files_only.
+    """
+    if not offline:
+        return
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ[var] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+
+
+def is_cached(hub_id: str) -> bool:
+    """Whether the hub cache holds this repo's model_index.json (looks at disk only, never the network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(hub_id, "model_index.json")
+    except Exception:  # noqa: BLE001 — a malformed id or unreadable cache just means "not cached"
+        return False
+    return isinstance(found, str)
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> cuda, else mps, else cpu; an explicit device must exist on this machine."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise UsageError(f"bad --device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} but torch sees no CUDA device (torch {torch.__version__})")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device} but MPS is not available on this machine")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """`auto` -> bfloat16 on CUDA, float32 elsewhere (CPU and MPS half-precision kernels are slow or incomplete)."""
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise UsageError(f"bad --dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
+    return dtype
+
+
+def parse_lora(s: str) -> tuple[str, float]:
+    """Split `PATH_OR_HUB_ID[:SCALE]` on its last ':', and only when what follows is a number (default scale 1.0)."""
+    s = s.strip()
+    head, sep, tail = s.rpartition(":")
+    if not sep:
+        source, scale = s, 1.0
+    else:
+        try:
+            scale = float(tail)
+        except ValueError:
+            if os.path.exists(s):
+                return s, 1.0
+            if head and (os.path.exists(head) or looks_like_hub_id(head) or head.endswith(".safetensors") or not tail):
+                raise UsageError(
+                    f"bad LoRA scale {tail!r} in {s!r}; use PATH_OR_HUB_ID[:SCALE], e.g. my.safetensors:0.8"
+                ) from None
+            source, scale = s, 1.0
+        else:
+            source = head
+    if not source:
+        raise UsageError(f"empty LoRA source in {s!r}; use PATH_OR_HUB_ID[:SCALE]")
+    if not math.isfinite(scale):
+        raise UsageError(f"bad LoRA scale {scale} in {s!r}; it must be a finite number")
+    return source, scale
+
+
+def load_pipeline(
+    spec: ModelSpec,
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    offload: str = "none",
+    loras: Sequence[str] = (),
+    offline: bool = False,
+) -> Any:
+    """Load the family's stock diffusers pipeline (safetensors only), add LoRAs, and place it on the device."""
+    if offload not in OFFLOADS:
+        raise UsageError(f"bad --offload {offload!r}; use {', '.join(OFFLOADS)}")
+    if dtype != "auto" and dtype not in DTYPES:
+        raise UsageError(f"bad --dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
+    parsed = [parse_lora(s) for s in loras]
+    class_name = FAMILY_PIPELINE.get(spec.family)
+    if class_name is None:
+        raise UsageError(f"model family {spec.family} is not supported yet; supported: {', '.join(FAMILY_PIPELINE)}")
+    if offline:
+        set_offline(True)
+
+    import torch
+
+    device = resolve_device(device)
+    if offload != "none" and torch.device(device).type == "cpu":
+        raise UsageError(f"--offload {offload} moves weights between CPU and an accelerator; there is none on {device}")
+    torch_dtype = getattr(torch, resolve_dtype(dtype, device))
+
+    with _quiet_libraries():
+        import diffusers
+
+        pipeline_class = getattr(diffusers, class_name)
+        try:
+            pipe = pipeline_class.from_pretrained(
+                spec.source, dtype=torch_dtype, use_safetensors=True, local_files_only=offline,
+            )
+        except Exception as e:
+            mapped = hub_error(e, spec.source, gated=spec.gated, offline=offline)
+            if mapped is None:
+                raise
+            raise mapped from e
+        pipe.set_progress_bar_config(disable=True)
+        if parsed:
+            add_loras(pipe, parsed, offline=offline)
+    place(pipe, device, offload)
+    return pipe
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Hide library chatter while loading: transformers' torchvision notes, per-component "Loading ..." bars, and
+    diffusers' "couldn't connect, trying the cache" retry, whose outcome hub_error() reports in one line anyway.
+    Hub download bars stay on: a first download takes minutes and the user should see it move."""
+    import diffusers.utils.logging as diffusers_logging
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as transformers_logging
+
+    saved = (
+        transformers_logging.get_verbosity(), diffusers_logging.get_verbosity(),
+        transformers_logging.is_progress_bar_enabled(), diffusers_logging.is_progress_bar_enabled(),
+    )
+    hub_bars = not hub_utils.are_progress_bars_disabled()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()  # also turns off the hub's bars, turned back on below
+    diffusers_logging.disable_progress_bar()
+    if hub_bars:
+        hub_utils.enable_progress_bars()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(saved[0])
+        diffusers_logging.set_verbosity(saved[1])
+        if saved[2]:
+            transformers_logging.enable_progress_bar()
+            if not hub_bars:
+                hub_utils.disable_progress_bars()
+        if saved[3]:
+            diffusers_logging.enable_progress_bar()
+
+
+def place(pipe: Any, device: str, offload: str) -> None:
+    """Move the pipeline to the device, or let accelerate hooks move each model (or layer) there when it runs."""
+    if offload == "none":
+        pipe.to(device)
+    elif offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        raise UsageError(f"bad --offload {offload!r}; use {', '.join(OFFLOADS)}")
+
+
+def add_loras(pipe: Any, loras: Iterable[tuple[str, float]], *, offline: bool = False) -> list[str]:
+    """Load each LoRA as adapter `lora{i}` and activate them all with their scales; returns the adapter names."""
+    names: list[str] = []
+    scales: list[float] = []
+    for i, (source, scale) in enumerate(loras):
+        name = f"lora{i}"
+        location, kwargs = _lora_location(source, offline=offline)
+        try:
+            with warnings.catch_warnings():
+                # peft warns on every adapter after the first; several adapters are what --lora asks for.
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                pipe.load_lora_weights(
+                    location, adapter_name=name, use_safetensors=True, local_files_only=offline, **kwargs,
+                )
+        except VsfError:
+            raise
+        except Exception as e:
+            mapped = hub_error(e, location, gated=False, offline=offline) if not os.path.exists(location) else None
+            if mapped is not None:
+                raise mapped from e
+            if "PEFT backend is required" in str(e):
+                raise VsfError("LoRA loading needs peft: pip install peft") from e
+            raise VsfError(f"cannot load LoRA {source}: {type(e).__name__}: {_first_line(e)}") from e
+        loaded = {n for adapters in pipe.get_list_adapters().values() for n in adapters}
+        if name not in loaded:
+            raise VsfError(f"LoRA {source} has no weights that match this model's transformer or text encoders")
+        names.append(name)
+        scales.append(scale)
+    if names:
+        pipe.set_adapters(names, adapter_weights=scales)
+    return names
+
+
+def _lora_location(source: str, *, offline: bool) -> tuple[str, dict[str, str]]:
+    """Where load_lora_weights should look: (folder or repo id, {weight_name: file} when a file is named)."""
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise UsageError(f"refusing LoRA {source}: {suffix} files are pickles that can run code; use .safetensors")
+    if path.is_file():
+        if suffix != ".safetensors":
+            raise UsageError(f"LoRA {source} is not a .safetensors file")
+        return str(path.parent), {"weight_name": path.name}
+    if path.is_dir():
+        return str(path), {}
+    parts = source.split("/")
+    if len(parts) > 2 and suffix == ".safetensors" and looks_like_hub_id("/".join(parts[:2])):
+        # org/name/sub/file.safetensors: one file inside a hub repo.
+        return "/".join(parts[:2]), {"weight_name": "/".join(parts[2:])}
+    if looks_like_hub_id(source):
+        if offline:
+            # Offline, diffusers cannot list the repo to find the weights file, so name the usual one if it is cached.
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(source, LORA_DEFAULT_FILE), str):
+                raise OfflineError(
+                    f"LoRA {source} is not in the local cache and --offline is set; "
+                    "run once online, or name the file: ORG/NAME/FILE.safetensors"
+                )
+            return source, {"weight_name": LORA_DEFAULT_FILE}
+        return source, {}
+    if suffix == ".safetensors":
+        raise UsageError(f"LoRA file {source} does not exist")
+    raise UsageError(f"LoRA {source} is not a .safetensors file, a folder or a hub id (ORG/NAME)")
+
+
+def hub_error(e: BaseException, repo_id: str, *, gated: bool = False, offline: bool = False) -> VsfError | None:
+    """Map a hub failure anywhere in the exception chain to a one-line error; None when it is not a hub failure.
+
+    diffusers swallows the first hub error (model_info) and retries from the cache, then raises an EnvironmentError
+    `from` the original one, so the cause chain is searched, most specific error first.
+    """
+    from huggingface_hub.utils import httpx  # huggingface_hub 2.x ships httpx2 under this name
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    chain = _chain(e)
+
+    def find(*types: type) -> BaseException | None:
+        return next((x for x in chain if isinstance(x, types)), None)
+
+    def status(x: BaseException | None) -> int | None:
+        response = getattr(x, "response", None)
+        return getattr(response, "status_code", None)
+
+    page = f"https://huggingface.co/{repo_id}"
+    gated_error = GatedModelError(
+        f"{repo_id} is gated: accept the license at {page}, then run `hf auth login` or set HF_TOKEN"
+    )
+    if find(GatedRepoError) is not None:
+        return gated_error
+    not_found = find(RepositoryNotFoundError)
+    if not_found is not None:
+        # The hub answers 401 for both a missing repo and a private/gated one without a token.
+        if gated:
+            return gated_error
+        hint = "; if it is private or gated, run `hf auth login` or set HF_TOKEN" if status(not_found) == 401 else ""
+        return UsageError(f"{repo_id} was not found on the hub ({page}){hint}")
+    if find(RevisionNotFoundError) is not None:
+        return UsageError(f"{repo_id} has no such revision on the hub")
+    http = find(HfHubHTTPError)
+    if status(http) in (401, 403):
+        return gated_error
+    offline_now = offline or _hub_offline()
+    if find(OfflineModeIsEnabled) is not None or (offline_now and find(LocalEntryNotFoundError) is not None):
+        flag = "--offline" if offline else "HF_HUB_OFFLINE"
+        return OfflineError(
+            f"{repo_id} is not in the local cache and {flag} is set; run once online or pass a local folder"
+        )
+    network = find(httpx.TransportError, ConnectionError, TimeoutError)
+    if network is not None:
+        return VsfError(
+            f"cannot reach huggingface.co for {repo_id} ({type(network).__name__}: {_first_line(network)}); "
+            "check the network, or use --offline with a cached model"
+        )
+    if http is not None:
+        return VsfError(f"the hub refused {repo_id} (HTTP {status(http)}): {_first_line(http)}")
+    if find(EntryNotFoundError) is not None:
+        missing = _first_line(find(EntryNotFoundError))
+        return UsageError(f"{repo_id} is missing a file it needs ({missing}); is it a diffusers repo?")
+    return None
+
+
+def _hub_offline() -> bool:
+    constants = sys.modules.get("huggingface_hub.constants")
+    return bool(constants is not None and constants.HF_HUB_OFFLINE)
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    x: BaseException | None = e
+    while x is not None and not any(x is s for s in seen):
+        seen.append(x)
+        x = x.__cause__ or x.__context__
+    return seen
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,154 @@
+"""The one table of per-model defaults: aliases, hub ids, families, steps, size, VSF scale/offset and LoRAs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from vsf_cli.errors import UsageError
+
+Family = Literal["sd3", "flux", "wan"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model and the settings it works well with; flags and presets override any of them."""
+
+    alias: str
+    family: Family
+    hub_id: str | None
+    gated: bool
+    steps: int
+    width: int
+    height: int
+    scale: float  # VSF flip scale alpha
+    offset: float  # VSF logit offset beta
+    guidance_scale: float
+    max_sequence_length: int
+    loras: tuple[str, ...] = ()
+    note: str = ""
+
+    @property
+    def source(self) -> str:
+        """What `from_pretrained` is given: the hub id, or the local folder (kept in `alias`)."""
+        return self.hub_id if self.hub_id is not None else self.alias
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["loras"] = list(self.loras)
+        return d
+
+
+# Room is kept for a `toy` alias (an analytic test model) and for the flux/wan families.
+_SPECS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        alias="sd35-large-turbo", family="sd3", hub_id="stabilityai/stable-diffusion-3.5-large-turbo", gated=True,
+        steps=8, width=1024, height=1024, scale=3.5, offset=0.1, guidance_scale=0.0, max_sequence_length=256,
+        note="the VSF authors' README settings: 8 steps, no CFG, alpha 3.5, beta 0.1",
+    ),
+    ModelSpec(
+        alias="sd35-large", family="sd3", hub_id="stabilityai/stable-diffusion-3.5-large", gated=True,
+        steps=28, width=1024, height=1024, scale=3.5, offset=0.1, guidance_scale=1.0, max_sequence_length=256,
+        note="28 steps as in Stability's card; guidance 1.0 turns CFG off so the negative goes through VSF only",
+    ),
+    ModelSpec(
+        alias="sd35-medium", family="sd3", hub_id="stabilityai/stable-diffusion-3.5-medium", gated=True,
+        steps=28, width=1024, height=1024, scale=3.5, offset=0.1, guidance_scale=1.0, max_sequence_length=256,
+        note="has dual-attention layers (image-only attn2, which VSF leaves alone); CFG off via guidance 1.0",
+    ),
+    ModelSpec(
+        alias="sd3-medium", family="sd3", hub_id="stabilityai/stable-diffusion-3-medium-diffusers", gated=True,
+        steps=28, width=1024, height=1024, scale=3.5, offset=0.1, guidance_scale=1.0, max_sequence_length=256,
+        note="SD3 (not 3.5) medium; untuned, uses the SD3.5 VSF numbers with CFG off via guidance 1.0",
+    ),
+)
+
+MODELS: dict[str, ModelSpec] = {s.alias: s for s in _SPECS}
+DEFAULT_MODEL = "sd35-large-turbo"
+
+# A folder or hub id outside the table takes the numbers of its family's default entry.
+FAMILY_DEFAULT: dict[str, str] = {"sd3": "sd35-large-turbo"}
+
+# model_index.json `_class_name` -> family; these pipelines share the text-to-image pipeline's components.
+PIPELINE_CLASS_FAMILY: dict[str, Family] = {
+    "StableDiffusion3Pipeline": "sd3",
+    "StableDiffusion3Img2ImgPipeline": "sd3",
+    "StableDiffusion3InpaintPipeline": "sd3",
+}
+
+# Hub repo names -> family, checked as substrings of the lower-cased id.
+_HUB_NAME_FAMILY: tuple[tuple[str, Family], ...] = (("stable-diffusion-3", "sd3"),)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    return bool(_HUB_ID.match(name)) and ".." not in name
+
+
+def resolve(name: str) -> ModelSpec:
+    """Turn `--model` into a spec: an alias, a local diffusers folder, or a hub id of a known family.
+
+    Aliases win over same-named folders (write ./sd35-large for the folder), and a hub id from the table gets its
+    entry. Other folders and hub ids get their family's default numbers (for sd3, those of sd35-large-turbo:
+    8 steps, no CFG); users override them with --steps, --size, --scale, --offset.
+    """
+    name = name.strip()
+    if not name:
+        raise UsageError(f"empty model name; known: {', '.join(MODELS)}")
+    if name.lower() in MODELS:
+        return MODELS[name.lower()]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _from_folder(path)
+    if path.exists():
+        raise UsageError(f"{name} is a file; pass a diffusers folder (with model_index.json), a hub id or an alias")
+    if looks_like_hub_id(name):
+        return _from_hub_id(name)
+    raise UsageError(f"unknown model {name}; known: {', '.join(MODELS)} (or a local diffusers folder, or a hub id)")
+
+
+def _family_defaults(family: Family, **fields) -> ModelSpec:
+    base = MODELS[FAMILY_DEFAULT[family]]
+    return dataclasses.replace(base, family=family, gated=False, loras=(), **fields)
+
+
+def _from_folder(path: Path) -> ModelSpec:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise UsageError(f"{path} has no model_index.json; pass a diffusers-format pipeline folder")
+    try:
+        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UsageError(f"cannot read {index}: {e}") from None
+    family = PIPELINE_CLASS_FAMILY.get(class_name) if isinstance(class_name, str) else None
+    if family is None:
+        raise UsageError(
+            f"{path} holds a {class_name} pipeline; supported families: {', '.join(FAMILY_DEFAULT)} "
+            f"(pipelines {', '.join(PIPELINE_CLASS_FAMILY)})"
+        )
+    return _family_defaults(
+        family, alias=str(path), hub_id=None,
+        note=f"local folder; defaults from {FAMILY_DEFAULT[family]}, override with flags",
+    )
+
+
+def _from_hub_id(hub_id: str) -> ModelSpec:
+    for spec in _SPECS:
+        if spec.hub_id is not None and spec.hub_id.lower() == hub_id.lower():
+            return spec
+    lowered = hub_id.lower()
+    family = next((fam for key, fam in _HUB_NAME_FAMILY if key in lowered), None)
+    if family is None:
+        raise UsageError(
+            f"cannot tell which model family {hub_id} is; pass a known alias ({', '.join(MODELS)}) "
+            "or a local diffusers folder"
+        )
+    return _family_defaults(
+        family, alias=hub_id, hub_id=hub_id,
+        note=f"hub id outside the table; defaults from {FAMILY_DEFAULT[family]}, override with flags",
+    )
