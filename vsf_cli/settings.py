@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Method = Literal["vsf"]
+Method = Literal["vsf", "none"]
 Offload = Literal["none", "model", "sequential"]
 Compat = Literal["paper", "reference"]
 
@@ -18,13 +18,15 @@ class GenSettings(BaseModel):
     negative: str | None = None
     model: str = "sd35-large-turbo"
     method: Method = "vsf"
-    scale: float = Field(3.5, ge=0.0, le=20.0, description="VSF flip scale alpha")
-    offset: float = Field(0.1, ge=0.0, description="VSF logit offset beta, subtracted from image->negative logits")
-    compat: Compat = "paper"
+    # Method parameters are range-checked by the method itself (vsf_cli.guidance), not here;
+    # they are None for methods that do not take them, so metadata never shows a knob that did nothing.
+    scale: float | None = 3.5
+    offset: float | None = 0.1
+    compat: Compat | None = "paper"
     steps: int = Field(8, ge=1, le=200)
     width: int = Field(1024, ge=16, le=8192)
     height: int = Field(1024, ge=16, le=8192)
-    seed: int = Field(0, ge=0, lt=2**63)
+    seed: int | None = Field(None, ge=0, lt=2**63, description="None until the CLI picks a random seed")
     guidance_scale: float = Field(0.0, ge=0.0)
     max_sequence_length: int = Field(256, ge=1, le=512)
     lora: list[str] = []

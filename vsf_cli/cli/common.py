@@ -9,7 +9,7 @@ from rich.console import Console
 from vsf_cli.errors import VsfError
 
 # stdout carries data only; everything for humans goes to stderr.
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> "typer.Exit":

@@ -8,16 +8,26 @@ from pydantic import ValidationError
 from vsf_cli.errors import UsageError
 
 # One file per method; values are "module:class" so listing methods imports nothing heavy.
-METHODS = {"vsf": "vsf_cli.guidance.vsf:VSF"}
+METHODS = {"vsf": "vsf_cli.guidance.vsf:VSF", "none": "vsf_cli.guidance.none:NoGuidance"}
+
+
+def _method_class(method: str):
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    module, cls = METHODS[method].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def parameters(method: str) -> list[str]:
+    """The names of a method's parameters (what the CLI passes on and records in metadata)."""
+    return list(_method_class(method).model_fields)
 
 
 def create(method: str, **params):
     """Build a method from its name and parameters, turning range errors into one-line UsageErrors."""
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    module, cls = METHODS[method].split(":")
+    method_class = _method_class(method)
     try:
-        return getattr(importlib.import_module(module), cls)(**params)
+        return method_class(**params)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or method}: {err['msg']}" for err in e.errors())
         raise UsageError(f"{method}: {problems}") from None

@@ -1,14 +1,10 @@
 """Value Sign Flip: image queries read the negative's keys with values multiplied by -scale (arXiv 2508.10931)."""
 
-from functools import partial
 from typing import Literal
 
 from pydantic import Field
 
-from vsf_cli.guidance.attention import vsf_joint
 from vsf_cli.guidance.base import Method
-from vsf_cli.guidance.joint import install_joint
-from vsf_cli.models.families import adapter_for
 
 
 class VSF(Method):
@@ -21,5 +17,11 @@ class VSF(Method):
     )
 
     def install(self, pipe, negatives: list[str]):
+        from functools import partial
+
+        from vsf_cli.guidance.attention import vsf_joint
+        from vsf_cli.guidance.joint import install_joint
+        from vsf_cli.models.families import adapter_for
+
         kernel = partial(vsf_joint, scale=self.scale, offset=self.offset)
         return install_joint(pipe, adapter_for(pipe), negatives, kernel, reference_layout=self.compat == "reference")

@@ -1,0 +1,223 @@
+"""`vsf gen`: resolve settings, load the model once, and write one PNG with metadata per seed."""
+
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+
+import typer
+
+from vsf_cli.cli import app
+from vsf_cli.cli.common import console, errors_to_exit_codes
+from vsf_cli.errors import UsageError
+
+DEFAULT_OUTPUT = "out/{slug}_{seed}.png"
+SIZE_MULTIPLE = 16  # VAE factor 8 x patch 2 for SD3; also what Flux and Wan need
+# Settings a `VSF_<NAME>` environment variable may set (precedence: above --from, below flags).
+METHOD_SETTINGS = ("scale", "offset", "compat")  # method parameters that GenSettings carries
+ENV_SETTINGS = ("model", "method", "scale", "offset", "compat", "steps", "guidance_scale", "dtype", "device", "offload")
+
+
+@app.command("gen")
+def gen(
+    prompt: str = typer.Argument(None, help="What to draw (optional with --from)."),
+    neg: str = typer.Option(None, "--neg", help="What to keep out of the image: the negative prompt."),
+    model: str = typer.Option(None, "--model", "-m", help="Alias (see `vsf models`), local diffusers folder or hub id. [default: sd35-large-turbo]"),
+    method: str = typer.Option(None, "--method", help="Guidance: vsf, or none (positive only). [default: vsf with --neg, else none]"),
+    scale: float = typer.Option(None, "--scale", help="VSF flip scale alpha, 0-20; higher pushes harder away from --neg. [model default: 3.5]"),
+    offset: float = typer.Option(None, "--offset", help="VSF logit offset beta, -5 to inf; higher damps the negative. [model default: 0.1]"),
+    compat: str = typer.Option(None, "--compat", help="paper (the paper's design) or reference (the seed code's layout, to match its numbers). [default: paper]"),
+    steps: int = typer.Option(None, "--steps", help="Denoising steps, 1-200. [model default: 8 for SD3.5 Turbo]"),
+    size: str = typer.Option(None, "--size", help="WIDTHxHEIGHT, or one number for a square; multiples of 16. [model default: 1024x1024]"),
+    guidance_scale: float = typer.Option(None, "--guidance-scale", help="The pipeline's own CFG scale; VSF needs <= 1. [model default: 0 for turbo]"),
+    seed: list[int] = typer.Option(None, "--seed", help="Seed, 0 to 2^63-1; repeat for several images. [default: random, printed]"),
+    seeds: int = typer.Option(None, "--seeds", help="Render N images with random seeds."),
+    count: int = typer.Option(None, "-n", help="Images to render: seeds S..S+N-1 after one --seed S, else N random seeds. [default: 1]"),
+    output: str = typer.Option(DEFAULT_OUTPUT, "--output", "-o", help="Output template; fields {index} {seed} {slug} {model} {method}; must end in .png."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files instead of refusing."),
+    device: str = typer.Option(None, "--device", help="cuda, cuda:1, mps or cpu. [default: auto]"),
+    dtype: str = typer.Option(None, "--dtype", help="float16, bfloat16 or float32. [default: auto: bfloat16 on GPU, float32 on CPU]"),
+    offload: str = typer.Option(None, "--offload", help="none, model (whole models move to the GPU in turn) or sequential (layer by layer, least memory). [default: none]"),
+    lora: list[str] = typer.Option(None, "--lora", help="LoRA as PATH_OR_HUB_ID[:SCALE], repeatable; safetensors only. [scale default: 1.0]"),
+    offline: bool = typer.Option(False, "--offline", help="Use only the local hub cache; never touch the network."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image on stdout instead of its path."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved settings and output paths; load nothing."),
+    from_file: Path = typer.Option(None, "--from", help="Replay the settings stored in a PNG or .json made by vsf; flags given here win."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or status on stderr; errors only."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the resolved settings and timings on stderr."),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback on errors."),
+) -> None:
+    """Generate images with a negative prompt that works at guidance scale 0."""
+    with errors_to_exit_codes(debug):
+        flags = {
+            "prompt": prompt, "negative": neg, "model": model, "method": method, "scale": scale, "offset": offset,
+            "compat": compat, "steps": steps, "guidance_scale": guidance_scale, "lora": lora or None,
+            "device": device, "dtype": dtype, "offload": offload, **_parse_size(size),
+        }
+        settings = resolve_settings(flags, from_file)
+        stored_seed = settings.pop("seed")  # from --from; explicit seeds and --seeds win
+        explicit_seeds = list(seed or ([] if stored_seed is None or seeds else [stored_seed]))
+        seed_list = _seeds(explicit_seeds, seeds, count)
+        jobs = _plan(settings, seed_list, output, overwrite)
+        if dry_run:
+            for path, s in jobs:
+                typer.echo(json.dumps({"path": str(path), **s}) if as_json else f"{path}\t{json.dumps(s)}")
+            return
+        _render(jobs, offline=offline, as_json=as_json, quiet=quiet, verbose=verbose)
+
+
+def resolve_settings(flags: dict, from_file: Path | None) -> dict:
+    """Merge model defaults < --from file < VSF_* env < flags, and validate the result (no model load)."""
+    from vsf_cli import guidance
+    from vsf_cli.models.registry import DEFAULT_MODEL, resolve
+    from vsf_cli.settings import GenSettings
+
+    replay = _replay(from_file) if from_file else {}
+    env = _env()
+    explicit = {k: v for k, v in flags.items() if v is not None}
+    name = explicit.get("model") or env.get("model") or replay.get("model") or DEFAULT_MODEL
+    spec = resolve(name)
+    defaults = {k: getattr(spec, k) for k in ("steps", "width", "height", "scale", "offset", "guidance_scale",
+                                              "max_sequence_length")}
+    merged = {**defaults, **replay, **env, **explicit, "model": name}
+    if "method" not in merged:
+        merged["method"] = "vsf" if merged.get("negative") else "none"
+    if not merged.get("prompt"):
+        raise UsageError("missing PROMPT (or --from FILE)")
+    if merged["method"] == "vsf" and not merged.get("negative"):
+        raise UsageError("--method vsf needs --neg TEXT")
+    for side in ("width", "height"):
+        if merged[side] % SIZE_MULTIPLE:
+            raise UsageError(f"--size: {side} {merged[side]} is not a multiple of {SIZE_MULTIPLE}")
+    try:
+        settings = GenSettings(**merged).model_dump()
+    except Exception as e:  # pydantic.ValidationError, kept to one line
+        raise UsageError(_one_line(e)) from None
+    if settings["method"] == "vsf" and settings["guidance_scale"] > 1:
+        raise UsageError(f"vsf replaces CFG and needs --guidance-scale <= 1 (got {settings['guidance_scale']})")
+    taken = guidance.parameters(settings["method"])
+    for key in METHOD_SETTINGS:
+        if key not in taken:
+            settings[key] = None
+    guidance.create(settings["method"], **{k: settings[k] for k in taken})  # range checks before anything loads
+    settings["family"] = spec.family
+    return settings
+
+
+def _replay(path: Path) -> dict:
+    from vsf_cli.render.metadata import read_metadata
+    from vsf_cli.settings import GenSettings
+
+    stored = read_metadata(path)
+    return {k: v for k, v in stored.items() if k in GenSettings.model_fields and v is not None}
+
+
+def _env() -> dict:
+    values = {}
+    for key in ENV_SETTINGS:
+        raw = os.environ.get(f"VSF_{key.upper()}")
+        if raw:
+            values[key] = raw
+    return values
+
+
+def _parse_size(size: str | None) -> dict:
+    if size is None:
+        return {}
+    parts = size.lower().replace("*", "x").split("x")
+    try:
+        width, height = (int(parts[0]), int(parts[0])) if len(parts) == 1 else map(int, parts)
+    except ValueError:
+        raise UsageError(f"--size {size!r}: use WIDTHxHEIGHT like 1024x768, or one number") from None
+    return {"width": width, "height": height}
+
+
+def _seeds(explicit: list[int], random_count: int | None, count: int | None) -> list[int]:
+    for name, value in (("--seeds", random_count), ("-n", count)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be at least 1")
+    if random_count and explicit:
+        raise UsageError("use either --seed or --seeds, not both")
+    if explicit and count:
+        if len(explicit) > 1:
+            raise UsageError("-n takes one --seed S (giving S..S+N-1), not several")
+        return [explicit[0] + i for i in range(count)]
+    if explicit:
+        return list(explicit)
+    return [secrets.randbelow(2**32) for _ in range(random_count or count or 1)]
+
+
+def _plan(settings: dict, seed_list: list[int], template: str, overwrite: bool) -> list[tuple[Path, dict]]:
+    """Each image's settings and output path, checked for collisions and existing files before any load."""
+    from vsf_cli.render.naming import check_free, expand, slugify
+
+    if not template.lower().endswith(".png"):
+        raise UsageError(f"--output {template!r} must end in .png")
+    model_name = Path(settings["model"]).name if Path(settings["model"]).is_dir() else settings["model"]
+    jobs = []
+    for index, seed in enumerate(seed_list):
+        s = {**settings, "seed": seed}
+        fields = {"index": index, "seed": seed, "slug": slugify(s["prompt"]), "model": model_name, "method": s["method"]}
+        jobs.append((expand(template, fields, allow_parent=True), s))
+    check_free([p for p, _ in jobs], overwrite)
+    return jobs
+
+
+def _render(jobs: list[tuple[Path, dict]], *, offline: bool, as_json: bool, quiet: bool, verbose: bool) -> None:
+    from vsf_cli.models.loading import set_offline
+
+    set_offline(offline)  # before diffusers is imported
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vsf_cli import __version__, guidance
+    from vsf_cli.models.loading import load_pipeline, resolve_device, resolve_dtype
+    from vsf_cli.models.registry import resolve
+    from vsf_cli.render.metadata import save_png
+
+    first = jobs[0][1]
+    if verbose:
+        console.print(json.dumps({k: v for k, v in first.items() if k != "seed"}))
+    if not quiet:
+        console.print(f"loading {first['model']}")
+    started = time.perf_counter()
+    pipe = load_pipeline(resolve(first["model"]), dtype=first["dtype"], device=first["device"],
+                         offload=first["offload"], loras=first["lora"], offline=offline)
+    device = resolve_device(first["device"])
+    resolved = {"device": device, "dtype": resolve_dtype(first["dtype"], device)}
+    if verbose:
+        console.print(f"loaded in {time.perf_counter() - started:.1f}s on {resolved['device']} ({resolved['dtype']})")
+
+    import torch
+
+    params = {k: first[k] for k in guidance.parameters(first["method"])}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, transient=True, disable=quiet or not console.is_terminal)
+    with progress, guidance.apply(pipe, first["method"], negative=first["negative"], **params):
+        for path, s in jobs:
+            task = progress.add_task(f"seed {s['seed']}", total=s["steps"])
+
+            def step_done(pipe, step, timestep, kwargs, task=task):
+                progress.advance(task)
+                return {}
+
+            t0 = time.perf_counter()
+            image = pipe(
+                prompt=s["prompt"], num_inference_steps=s["steps"], guidance_scale=s["guidance_scale"],
+                width=s["width"], height=s["height"], max_sequence_length=s["max_sequence_length"],
+                generator=torch.Generator("cpu").manual_seed(s["seed"]), callback_on_step_end=step_done,
+            ).images[0]
+            seconds = round(time.perf_counter() - t0, 3)
+            record = {**s, "version": __version__, "seconds": seconds, "resolved": resolved}
+            save_png(image, path, record)
+            progress.remove_task(task)
+            typer.echo(json.dumps({"path": str(path), **record}) if as_json else str(path))
+            if not quiet:
+                console.print(f"wrote {path} (seed {s['seed']}, {seconds:.1f}s)")
+
+
+def _one_line(e: Exception) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in errors())
+    return str(e).splitlines()[0]
