@@ -6,7 +6,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 
-from tiny import build_sd3  # noqa: E402
+from tiny import build_sd3, build_sd3_lora  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +17,11 @@ def sd3_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sd3_dual_dir(tmp_path_factory):
     return build_sd3(tmp_path_factory.mktemp("models") / "tiny-sd35-medium", dual_attention=True, seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(sd3_dir, tmp_path_factory):
+    return build_sd3_lora(sd3_dir, tmp_path_factory.mktemp("lora"))
 
 
 def load(path):

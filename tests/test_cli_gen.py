@@ -59,6 +59,15 @@ def test_json_lines_and_seed_expansion(gen):
     assert all(r["seconds"] > 0 and r["version"] for r in rows)
 
 
+def test_lora_flag_changes_the_image_and_is_recorded(gen, tiny_lora):
+    assert gen("a cat", "--neg", "red", "--seed", "1", "-o", "base.png").exit_code == 0
+    result = gen("a cat", "--neg", "red", "--seed", "1", "--lora", f"{tiny_lora}:0.8", "-o", "lora.png")
+    assert result.exit_code == 0, result.output
+    assert not np.array_equal(pixels("base.png"), pixels("lora.png"))
+    assert read_metadata("lora.png")["lora"] == [f"{tiny_lora}:0.8"]
+    assert f"Lora: {tiny_lora}:0.8" in Image.open("lora.png").text["parameters"]
+
+
 def test_random_seeds_are_recorded(gen):
     rows = [json.loads(x) for x in gen("a cat", "--seeds", "2", "--json", "-o", "{seed}.png").stdout.splitlines()]
     assert len({r["seed"] for r in rows}) == 2

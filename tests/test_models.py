@@ -219,22 +219,6 @@ def test_parse_lora_existing_file_with_colon(tmp_path):
     assert parse_lora(str(f)) == (str(f), 1.0)
 
 
-@pytest.fixture(scope="module")
-def tiny_lora(tiny_sd3, tmp_path_factory) -> Path:
-    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    transformer = SD3Transformer2DModel.from_pretrained(tiny_sd3 / "transformer")
-    torch.manual_seed(0)
-    transformer.add_adapter(LoraConfig(
-        r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False,
-    ))
-    folder = tmp_path_factory.mktemp("lora")
-    StableDiffusion3Pipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer))
-    return folder / "pytorch_lora_weights.safetensors"
-
-
 def test_lora_changes_output_and_scale_zero_is_base(tiny_sd3, tiny_lora):
     spec = resolve(str(tiny_sd3))
     base = run_one_step(load_pipeline(spec, device="cpu"))

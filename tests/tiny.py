@@ -76,3 +76,18 @@ def build_sd3(path: Path, *, dual_attention: bool = False, seed: int = 0, sample
     )
     pipe.save_pretrained(path)
     return Path(path)
+
+
+def build_sd3_lora(model: Path, folder: Path) -> Path:
+    """Save a random rank-2 LoRA for the tiny SD3 transformer at `model`; returns the .safetensors file."""
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = SD3Transformer2DModel.from_pretrained(Path(model) / "transformer")
+    torch.manual_seed(0)
+    transformer.add_adapter(LoraConfig(
+        r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False,
+    ))
+    StableDiffusion3Pipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer))
+    return Path(folder) / "pytorch_lora_weights.safetensors"
