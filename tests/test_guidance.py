@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import load
+from oracles import DenseVSF, generate, run_with_oracle
 from vsf_cli import guidance
 from vsf_cli.errors import UsageError
 from vsf_cli.guidance.attention import attention_lse, small_attention_lse, vsf_joint
@@ -73,93 +74,16 @@ def test_infinite_offset_is_positive_only_attention():
     assert torch.allclose(fast[0], plain[:, :, :30], atol=1e-6)
 
 
-# --- pipelines: an independent dense oracle --------------------------------------------------------------------
-
-
-class DenseOracle:
-    """Written from the paper's table, sharing no code with the package: full q/k/v, one dense mask, softmax.
-
-    `layout` "paper": stream [P, N0]; "reference": the seed code's [P, Na, Nb] (METHOD.md §2.3 table).
-    """
-
-    def __init__(self, n_pos, n_neg, scale, offset, layout="paper"):
-        self.n_pos, self.n_neg, self.scale, self.offset, self.layout = n_pos, n_neg, scale, offset, layout
-
-    def mask(self, n_img):
-        p, n = self.n_pos, self.n_neg
-        if self.layout == "paper":  # queries [I, P, N0], keys [I, P, N0, N1]
-            groups = {"I": n_img, "P": p, "N0": n}
-            see = {"I": {"I": 0, "P": 0, "N1": -self.offset}, "P": {"I": 0, "P": 0}, "N0": {"I": 0, "N0": 0}}
-        else:  # queries [I, P, Na, Nb], keys [I, P, Na, Nb, Nflip]
-            groups = {"I": n_img, "P": p, "Na": n, "Nb": n}
-            see = {"I": {"I": 0, "P": 0, "Na": 0, "N1": -self.offset}, "P": {"I": 0, "P": 0, "Na": 0},
-                   "Na": {"I": 0, "P": 0, "Na": 0}, "Nb": {"I": 0, "Nb": 0}}
-        key_groups = {**groups, "N1": n}
-        rows, cols = [], []
-        for name, size in groups.items():
-            rows += [name] * size
-        for name, size in key_groups.items():
-            cols += [name] * size
-        m = torch.full((len(rows), len(cols)), float("-inf"), dtype=torch.float64)
-        for i, r in enumerate(rows):
-            for j, c in enumerate(cols):
-                if c in see[r]:
-                    m[i, j] = see[r][c]
-        return m
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        b, n_img = hidden_states.shape[:2]
-        heads, dim = attn.heads, 8
-
-        def split(t):
-            return t.view(b, -1, heads, dim).transpose(1, 2)
-
-        qi, ki, vi = attn.norm_q(split(attn.to_q(hidden_states))), attn.norm_k(split(attn.to_k(hidden_states))), \
-            split(attn.to_v(hidden_states))
-        qt = attn.norm_added_q(split(attn.add_q_proj(encoder_hidden_states)))
-        kt = attn.norm_added_k(split(attn.add_k_proj(encoder_hidden_states)))
-        vt = split(attn.add_v_proj(encoder_hidden_states))
-        neg = slice(-self.n_neg, None)
-        q = torch.cat([qi, qt], 2).double()
-        k = torch.cat([ki, kt, kt[:, :, neg]], 2).double()
-        v = torch.cat([vi, vt, -self.scale * vt[:, :, neg]], 2).double()
-        logits = q @ k.transpose(-1, -2) / math.sqrt(dim) + self.mask(n_img)
-        out = (torch.softmax(logits, -1) @ v).float().transpose(1, 2).reshape(b, -1, heads * dim)
-        img, txt = out[:, :n_img], out[:, n_img:]
-        if not attn.context_pre_only:
-            txt = attn.to_add_out(txt)
-        return attn.to_out[1](attn.to_out[0](img)), txt
+# --- pipelines: an independent dense oracle (tests/oracles.py) ---------------------------------------------------
 
 
 def oracle_run(pipe, negative, scale, offset, layout="paper", **call):
-    """Run `pipe` with the dense oracle: negative tokens from the package's encoder, everything else independent."""
+    """The dense oracle on `pipe`: negative tokens from the package's encoder, everything else independent."""
     from vsf_cli.models.families.sd3 import encode_negative
 
     neg = encode_negative(pipe, negative)
-    copies = 1 if layout == "paper" else 2
-    n_pos = 77 + call.get("max_sequence_length", 256)
-    processor = DenseOracle(n_pos, neg.shape[1], scale, offset, layout)
-
-    def hook(module, args, kwargs):
-        e = kwargs["encoder_hidden_states"]
-        kwargs["encoder_hidden_states"] = torch.cat([e] + [neg.to(e).expand(e.shape[0], -1, -1)] * copies, 1)
-        return args, kwargs
-
-    original = dict(pipe.transformer.attn_processors)
-    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
-    for block in pipe.transformer.transformer_blocks:
-        block.attn.set_processor(processor)
-    try:
-        return generate(pipe, **call)
-    finally:
-        handle.remove()
-        pipe.transformer.set_attn_processor(original)
-
-
-def generate(pipe, prompt="a red bike", seed=0, steps=2, **kw):
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompt) if isinstance(prompt, list) else 1)]
-    return pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=0.0, height=32, width=32,
-                generator=generators, output_type="pt", **kw).images
+    processor = DenseVSF(77 + 256, neg.shape[1], scale, offset, layout)
+    return run_with_oracle(pipe, processor, [neg] * (1 if layout == "paper" else 2), **call)
 
 
 @pytest.mark.parametrize("fixture", ["sd3", "sd3_dual"])

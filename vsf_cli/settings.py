@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Method = Literal["vsf", "none"]
+Method = Literal["vsf", "none", "nag", "nasa", "cfg"]
 Offload = Literal["none", "model", "sequential"]
 Compat = Literal["paper", "reference"]
 
@@ -23,6 +23,12 @@ class GenSettings(BaseModel):
     scale: float | None = 3.5
     offset: float | None = 0.1
     compat: Compat | None = "paper"
+    nag_scale: float | None = None
+    nag_tau: float | None = None
+    nag_alpha: float | None = None
+    nag_end: float | None = None
+    nasa_scale: float | None = None
+    cfg_scale: float | None = None
     steps: int = Field(8, ge=1, le=200)
     width: int = Field(1024, ge=16, le=8192)
     height: int = Field(1024, ge=16, le=8192)

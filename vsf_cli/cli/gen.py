@@ -15,7 +15,8 @@ from vsf_cli.errors import UsageError
 DEFAULT_OUTPUT = "out/{slug}_{seed}.png"
 SIZE_MULTIPLE = 16  # VAE factor 8 x patch 2 for SD3; also what Flux and Wan need
 # Settings a `VSF_<NAME>` environment variable may set (precedence: above --from, below flags).
-METHOD_SETTINGS = ("scale", "offset", "compat")  # method parameters that GenSettings carries
+# Method parameters that GenSettings carries; each method takes some of them (see vsf_cli.guidance).
+METHOD_SETTINGS = ("scale", "offset", "compat", "nag_scale", "nag_tau", "nag_alpha", "nag_end", "nasa_scale", "cfg_scale")
 ENV_SETTINGS = ("model", "method", "scale", "offset", "compat", "steps", "guidance_scale", "dtype", "device", "offload")
 
 
@@ -24,10 +25,16 @@ def gen(
     prompt: str = typer.Argument(None, help="What to draw (optional with --from)."),
     neg: str = typer.Option(None, "--neg", help="What to keep out of the image: the negative prompt."),
     model: str = typer.Option(None, "--model", "-m", help="Alias (see `vsf models`), local diffusers folder or hub id. [default: sd35-large-turbo]"),
-    method: str = typer.Option(None, "--method", help="Guidance: vsf, or none (positive only). [default: vsf with --neg, else none]"),
+    method: str = typer.Option(None, "--method", help="Guidance: vsf, nag, nasa, cfg, or none (positive only). [default: vsf with --neg, else none]"),
     scale: float = typer.Option(None, "--scale", help="VSF flip scale alpha, 0-20; higher pushes harder away from --neg. [model default: 3.5]"),
     offset: float = typer.Option(None, "--offset", help="VSF logit offset beta, -5 to inf; higher damps the negative. [model default: 0.1]"),
     compat: str = typer.Option(None, "--compat", help="paper (the paper's design) or reference (the seed code's layout, to match its numbers). [default: paper]"),
+    nag_scale: float = typer.Option(None, "--nag-scale", help="NAG extrapolation s, 1-20; 1 = off. [default: 4]"),
+    nag_tau: float = typer.Option(None, "--nag-tau", help="NAG cap on the guided/positive L1-norm ratio, 1-20. [default: 2.5]"),
+    nag_alpha: float = typer.Option(None, "--nag-alpha", help="NAG blend of guided into positive attention, 0-1. [default: 0.125]"),
+    nag_end: float = typer.Option(None, "--nag-end", help="NAG: fraction of the denoising it is active, 0-1. [default: 1]"),
+    nasa_scale: float = typer.Option(None, "--nasa-scale", help="NASA subtraction scale s, 0-5; 0 = off. [default: 0.22]"),
+    cfg_scale: float = typer.Option(None, "--cfg-scale", help="CFG guidance scale, >1 to 30 (two passes per step). [default: 4.5]"),
     steps: int = typer.Option(None, "--steps", help="Denoising steps, 1-200. [model default: 8 for SD3.5 Turbo]"),
     size: str = typer.Option(None, "--size", help="WIDTHxHEIGHT, or one number for a square; multiples of 16. [model default: 1024x1024]"),
     guidance_scale: float = typer.Option(None, "--guidance-scale", help="The pipeline's own CFG scale; VSF needs <= 1. [model default: 0 for turbo]"),
@@ -52,7 +59,8 @@ def gen(
     with errors_to_exit_codes(debug):
         flags = {
             "prompt": prompt, "negative": neg, "model": model, "method": method, "scale": scale, "offset": offset,
-            "compat": compat, "steps": steps, "guidance_scale": guidance_scale, "lora": lora or None,
+            "compat": compat, "nag_scale": nag_scale, "nag_tau": nag_tau, "nag_alpha": nag_alpha, "nag_end": nag_end,
+            "nasa_scale": nasa_scale, "cfg_scale": cfg_scale, "steps": steps, "guidance_scale": guidance_scale, "lora": lora or None,
             "device": device, "dtype": dtype, "offload": offload, **_parse_size(size),
         }
         settings = resolve_settings(flags, from_file)
@@ -94,13 +102,18 @@ def resolve_settings(flags: dict, from_file: Path | None) -> dict:
         settings = GenSettings(**merged).model_dump()
     except Exception as e:  # pydantic.ValidationError, kept to one line
         raise UsageError(_one_line(e)) from None
-    if settings["method"] == "vsf" and settings["guidance_scale"] > 1:
-        raise UsageError(f"vsf replaces CFG and needs --guidance-scale <= 1 (got {settings['guidance_scale']})")
-    taken = guidance.parameters(settings["method"])
-    for key in METHOD_SETTINGS:
-        if key not in taken:
-            settings[key] = None
-    guidance.create(settings["method"], **{k: settings[k] for k in taken})  # range checks before anything loads
+    method = settings["method"]
+    if method not in ("none", "cfg") and settings["guidance_scale"] > 1:
+        raise UsageError(f"{method} replaces CFG and needs --guidance-scale <= 1 (got {settings['guidance_scale']})")
+    taken = guidance.parameters(method)
+    given = {k: settings[k] for k in taken if settings[k] is not None}
+    # Built here so ranges are checked before anything loads; unset knobs take the method's defaults.
+    settings.update({k: None for k in METHOD_SETTINGS}, **guidance.create(method, **given).model_dump())
+    if method == "cfg":
+        settings["guidance_scale"] = settings["cfg_scale"]
+        if spec.distilled:
+            console.print(f"[yellow]warning:[/] {spec.alias} is distilled for guidance 0; CFG on it is not what it was "
+                          "trained for (use sd35-large for the paper's CFG baseline)")
     settings["family"] = spec.family
     return settings
 
@@ -193,7 +206,7 @@ def _render(jobs: list[tuple[Path, dict]], *, offline: bool, as_json: bool, quie
     params = {k: first[k] for k in guidance.parameters(first["method"])}
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True, disable=quiet or not console.is_terminal)
-    with progress, guidance.apply(pipe, first["method"], negative=first["negative"], **params):
+    with progress, guidance.apply(pipe, first["method"], negative=first["negative"], **params) as extra:
         for path, s in jobs:
             task = progress.add_task(f"seed {s['seed']}", total=s["steps"])
 
@@ -202,10 +215,11 @@ def _render(jobs: list[tuple[Path, dict]], *, offline: bool, as_json: bool, quie
                 return {}
 
             t0 = time.perf_counter()
+            call = {"guidance_scale": s["guidance_scale"], **extra}
             image = pipe(
-                prompt=s["prompt"], num_inference_steps=s["steps"], guidance_scale=s["guidance_scale"],
-                width=s["width"], height=s["height"], max_sequence_length=s["max_sequence_length"],
-                generator=torch.Generator("cpu").manual_seed(s["seed"]), callback_on_step_end=step_done,
+                prompt=s["prompt"], num_inference_steps=s["steps"], width=s["width"], height=s["height"],
+                max_sequence_length=s["max_sequence_length"], generator=torch.Generator("cpu").manual_seed(s["seed"]),
+                callback_on_step_end=step_done, **call,
             ).images[0]
             seconds = round(time.perf_counter() - t0, 3)
             record = {**s, "version": __version__, "seconds": seconds, "resolved": resolved}

@@ -8,7 +8,13 @@ from pydantic import ValidationError
 from vsf_cli.errors import UsageError
 
 # One file per method; values are "module:class" so listing methods imports nothing heavy.
-METHODS = {"vsf": "vsf_cli.guidance.vsf:VSF", "none": "vsf_cli.guidance.none:NoGuidance"}
+METHODS = {
+    "vsf": "vsf_cli.guidance.vsf:VSF",
+    "none": "vsf_cli.guidance.none:NoGuidance",
+    "nag": "vsf_cli.guidance.nag:NAG",
+    "nasa": "vsf_cli.guidance.nasa:NASA",
+    "cfg": "vsf_cli.guidance.cfg:CFG",
+}
 
 
 def _method_class(method: str):
@@ -37,7 +43,8 @@ def create(method: str, **params):
 def apply(pipe, method: str = "vsf", *, negative: str | list[str] | None = None, **params):
     """Install a guidance method on `pipe` for the duration of the block; leaving it restores the pipeline exactly.
 
-    `negative` is one string for every prompt, or a list with one string per prompt.
+    `negative` is one string for every prompt, or a list with one string per prompt. The block yields the
+    extra pipeline-call arguments the method needs (only `cfg` has any): `pipe(prompt, **extra)`.
     """
     guide = create(method, **params)
     negatives = [negative] if isinstance(negative, str) else list(negative or [])
@@ -45,6 +52,6 @@ def apply(pipe, method: str = "vsf", *, negative: str | list[str] | None = None,
         raise UsageError(f"{method} needs a non-empty negative prompt")
     installed = guide.install(pipe, negatives)
     try:
-        yield guide
+        yield guide.call_kwargs(negatives)
     finally:
         installed.remove()

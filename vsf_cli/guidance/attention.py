@@ -1,6 +1,7 @@
 """Fast attention math per attention kind: SDPA with log-sum-exp, partition merges, and the VSF joint kernel."""
 
 import torch
+import torch.nn.functional as F
 
 Group = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """(query, key, value) of one token group, each (batch, heads, tokens, head_dim); query may be None."""
@@ -87,3 +88,31 @@ def vsf_joint(
     collector = merge(attention_lse(q_n, k_i, v_i), small_attention_lse(q_n, k_n, v_n, key_mask=negative_mask))
     return image_out, out[:, :, n_i:], collector
 
+
+
+def contrast_joint(
+    image: Group,
+    positive: Group,
+    negative: Group,
+    *,
+    negative_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Joint attention run once with the positive and once with the negative as the text, as NAG and NASA do.
+
+    Returns (Z+ image, positive out, Z- image, negative out): image and positive queries see [image, positive];
+    image and negative queries see [image, negative]. The text stream thus carries both prompts, each refined
+    against the image only, which is NAG's batch-of-two layout without doubling the image tokens' projections.
+    """
+    q_i, k_i, v_i = image
+    q_p, k_p, v_p = positive
+    q_n, k_n, v_n = negative
+    n_i = q_i.shape[2]
+    plus = F.scaled_dot_product_attention(torch.cat([q_i, q_p], 2), torch.cat([k_i, k_p], 2), torch.cat([v_i, v_p], 2))
+    mask = None
+    if negative_mask is not None:
+        image_keys = negative_mask.new_ones(negative_mask.shape[0], k_i.shape[2])
+        mask = torch.cat([image_keys, negative_mask], dim=1)[:, None, None, :]
+    minus = F.scaled_dot_product_attention(
+        torch.cat([q_i, q_n], 2), torch.cat([k_i, k_n], 2), torch.cat([v_i, v_n], 2), attn_mask=mask
+    )
+    return plus[:, :, :n_i], plus[:, :, n_i:], minus[:, :, :n_i], minus[:, :, n_i:]

@@ -1,4 +1,4 @@
-"""The method interface: validated parameters plus an `install` that returns something with `remove()`."""
+"""The method interface: validated parameters, an `install` that returns something with `remove()`, call kwargs."""
 
 from typing import ClassVar
 
@@ -11,6 +11,11 @@ class Method(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     needs_negative: ClassVar[bool] = True
+    cost: ClassVar[str] = ""  # per-step cost in extra passes, for docs and `--help`
 
     def install(self, pipe, negatives: list[str]):
         raise NotImplementedError
+
+    def call_kwargs(self, negatives: list[str]) -> dict:
+        """Extra pipeline-call arguments the method needs (only CFG uses the pipeline's own machinery)."""
+        return {}

@@ -33,6 +33,7 @@ class JointState:
 
     def __init__(self, kernel: JointKernel) -> None:
         self.kernel = kernel
+        self.active = True  # False: this call runs the stock processors (e.g. NAG past `nag_end`)
         self.n_positive = 0
         self.negative_mask: torch.Tensor | None = None
 
@@ -62,18 +63,32 @@ def pad_negatives(embeds: list[torch.Tensor], batch: int, device, dtype) -> tupl
     return tokens, (None if bool(mask.all()) else mask)
 
 
-def install_joint(pipe, family, negatives: list[str], kernel: JointKernel, *, reference_layout: bool = False) -> Installation:
+def install_joint(
+    pipe,
+    family,
+    negatives: list[str],
+    kernel: JointKernel,
+    *,
+    padded: bool = False,
+    reference_layout: bool = False,
+    active: Callable[[dict], bool] | None = None,
+) -> Installation:
     """Append the negative to the text stream on every transformer call and route joint attention through `kernel`.
 
+    `padded` encodes the negative like a positive (NAG and NASA do; VSF must not, or padding gets flipped too).
     `reference_layout` reproduces the seed code's stream [P, Na, Nb] (METHOD.md §2.3): Na then acts as part of
     the positive, and Nb is the collector whose flipped copy the image reads.
+    `active(transformer_kwargs)` may switch guidance off for a call; the stock processors then run.
     """
-    embeds = [family.encode_negative(pipe, text) for text in negatives]
+    embeds = [family.encode_negative(pipe, text, padded=padded) for text in negatives]
     state = JointState(kernel)
     installed = Installation()
 
     def append_negative(module, args, kwargs):
         family.check_call(pipe)
+        state.active = active is None or active(kwargs)
+        if not state.active:
+            return args, kwargs
         name = family.text_kwarg
         positive = kwargs[name]
         tokens, mask = pad_negatives(embeds, positive.shape[0], positive.device, positive.dtype)
@@ -87,7 +102,7 @@ def install_joint(pipe, family, negatives: list[str], kernel: JointKernel, *, re
     try:
         installed.hook(pipe.transformer.register_forward_pre_hook(append_negative, with_kwargs=True))
         for attn in family.joint_attentions(pipe.transformer):
-            installed.swap_processor(attn, family.JointProcessor(state))
+            installed.swap_processor(attn, family.JointProcessor(state, attn.processor))
     except BaseException:
         installed.remove()
         raise

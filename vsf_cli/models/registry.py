@@ -30,6 +30,7 @@ class ModelSpec:
     guidance_scale: float
     max_sequence_length: int
     loras: tuple[str, ...] = ()
+    distilled: bool = False  # few-step distilled: CFG is off by design, and `--method cfg` warns
     note: str = ""
 
     @property
@@ -48,7 +49,7 @@ _SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(
         alias="sd35-large-turbo", family="sd3", hub_id="stabilityai/stable-diffusion-3.5-large-turbo", gated=True,
         steps=8, width=1024, height=1024, scale=3.5, offset=0.1, guidance_scale=0.0, max_sequence_length=256,
-        note="the VSF authors' README settings: 8 steps, no CFG, alpha 3.5, beta 0.1",
+        distilled=True, note="the VSF authors' README settings: 8 steps, no CFG, alpha 3.5, beta 0.1",
     ),
     ModelSpec(
         alias="sd35-large", family="sd3", hub_id="stabilityai/stable-diffusion-3.5-large", gated=True,
@@ -114,7 +115,7 @@ def resolve(name: str) -> ModelSpec:
 
 def _family_defaults(family: Family, **fields) -> ModelSpec:
     base = MODELS[FAMILY_DEFAULT[family]]
-    return dataclasses.replace(base, family=family, gated=False, loras=(), **fields)
+    return dataclasses.replace(base, family=family, gated=False, loras=(), distilled=False, **fields)
 
 
 def _from_folder(path: Path) -> ModelSpec:

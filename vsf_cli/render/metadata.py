@@ -25,6 +25,11 @@ _KEYS: list[tuple[str, str, type]] = [
     ("VSF scale", "scale", float),
     ("VSF offset", "offset", float),
     ("VSF compat", "compat", str),
+    ("NAG scale", "nag_scale", float),
+    ("NAG tau", "nag_tau", float),
+    ("NAG alpha", "nag_alpha", float),
+    ("NAG end", "nag_end", float),
+    ("NASA scale", "nasa_scale", float),
     ("Lora", "lora", list),
     ("Version", "version", str),
 ]

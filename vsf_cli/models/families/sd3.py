@@ -11,14 +11,18 @@ T5_MAX_TOKENS = 256  # the pipelines' default max_sequence_length for the positi
 
 
 @torch.no_grad()
-def encode_negative(pipe, text: str) -> torch.Tensor:
-    """Encode a negative without padding (METHOD.md §2.1): (1, n_clip + n_t5, joint_attention_dim).
+def encode_negative(pipe, text: str, padded: bool = False) -> torch.Tensor:
+    """Encode a negative prompt as (1, tokens, joint_attention_dim) text-stream tokens.
 
-    CLIP-L and CLIP-G penultimate states of BOS..EOS (the layer SD3 uses for the positive) are joined on
-    channels and zero-padded to the T5 width; T5 tokens with EOS follow. Padding tokens would also get
-    flipped values, so there are none.
+    Unpadded (VSF, METHOD.md §2.1): CLIP-L and CLIP-G penultimate states of BOS..EOS (the layer SD3 uses for the
+    positive) joined on channels and zero-padded to the T5 width, then T5 tokens with EOS. Padding tokens would
+    also get flipped values, so there are none. Padded: exactly the pipeline's own positive encoding.
     """
     device = pipe._execution_device
+    if padded:
+        embeds = pipe.encode_prompt(prompt=text, prompt_2=None, prompt_3=None, device=device,
+                                    do_classifier_free_guidance=False, max_sequence_length=T5_MAX_TOKENS)[0]
+        return embeds.to("cpu")
     clip = []
     for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
         ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
@@ -50,12 +54,13 @@ def joint_attentions(transformer) -> list[torch.nn.Module]:
 class JointProcessor:
     """diffusers' JointAttnProcessor2_0 projections, with the attention call handed to the guidance kernel."""
 
-    def __init__(self, state) -> None:
+    def __init__(self, state, original) -> None:
         self.state = state
+        self.original = original
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        if encoder_hidden_states is None:
-            raise UsageError("SD3 joint attention called without text; is this an SD3 transformer?")
+        if not self.state.active or encoder_hidden_states is None:
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         batch = hidden_states.shape[0]
         q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         tq = attn.add_q_proj(encoder_hidden_states)

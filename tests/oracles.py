@@ -1,0 +1,129 @@
+"""Independent reference processors for the tests: dense masks and naive loops, sharing no code with vsf_cli."""
+
+import math
+
+import torch
+
+
+def generate(pipe, prompt="a red bike", seed=0, steps=2, guidance_scale=0.0, **kw):
+    """A seeded tiny render; one generator per prompt so batched and single runs match."""
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompt) if isinstance(prompt, list) else 1)]
+    return pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance_scale, height=32, width=32,
+                generator=generators, output_type="pt", **kw).images
+
+
+def projections(attn, hidden_states, text):
+    """SD3 joint-attention q/k/v for image and text, as (batch, heads, tokens, head_dim), in float64."""
+    b = hidden_states.shape[0]
+    q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+    dim = q.shape[-1] // attn.heads
+
+    def split(t):
+        return t.view(b, -1, attn.heads, dim).transpose(1, 2)
+
+    qi, ki, vi = attn.norm_q(split(q)), attn.norm_k(split(k)), split(v)
+    qt = attn.norm_added_q(split(attn.add_q_proj(text)))
+    kt = attn.norm_added_k(split(attn.add_k_proj(text)))
+    vt = split(attn.add_v_proj(text))
+    return [x.double() for x in (qi, ki, vi, qt, kt, vt)]
+
+
+def finish(attn, image, text):
+    """(batch, heads, tokens, head_dim) outputs back through the block's output projections."""
+    b, h, _, d = image.shape
+    image = image.float().transpose(1, 2).reshape(b, -1, h * d)
+    text = text.float().transpose(1, 2).reshape(b, -1, h * d)
+    if not attn.context_pre_only:
+        text = attn.to_add_out(text)
+    return attn.to_out[1](attn.to_out[0](image)), text
+
+
+def softmax_attention(q, k, v, mask=None):
+    logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        logits = logits + mask
+    return torch.softmax(logits, -1) @ v
+
+
+class DenseVSF:
+    """VSF written from the paper's table: full q/k/v, one dense mask, softmax.
+
+    `layout` "paper": stream [P, N0]; "reference": the seed code's [P, Na, Nb] (METHOD.md §2.3 table).
+    """
+
+    def __init__(self, n_pos, n_neg, scale, offset, layout="paper"):
+        self.n_pos, self.n_neg, self.scale, self.offset, self.layout = n_pos, n_neg, scale, offset, layout
+
+    def mask(self, n_img):
+        p, n = self.n_pos, self.n_neg
+        if self.layout == "paper":  # queries [I, P, N0], keys [I, P, N0, N1]
+            groups = {"I": n_img, "P": p, "N0": n}
+            see = {"I": {"I": 0, "P": 0, "N1": -self.offset}, "P": {"I": 0, "P": 0}, "N0": {"I": 0, "N0": 0}}
+        else:  # queries [I, P, Na, Nb], keys [I, P, Na, Nb, Nflip]
+            groups = {"I": n_img, "P": p, "Na": n, "Nb": n}
+            see = {"I": {"I": 0, "P": 0, "Na": 0, "N1": -self.offset}, "P": {"I": 0, "P": 0, "Na": 0},
+                   "Na": {"I": 0, "P": 0, "Na": 0}, "Nb": {"I": 0, "Nb": 0}}
+        rows = [name for name, size in groups.items() for _ in range(size)]
+        cols = [name for name, size in {**groups, "N1": n}.items() for _ in range(size)]
+        m = torch.full((len(rows), len(cols)), float("-inf"), dtype=torch.float64)
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                if c in see[r]:
+                    m[i, j] = see[r][c]
+        return m
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        n_img = hidden_states.shape[1]
+        qi, ki, vi, qt, kt, vt = projections(attn, hidden_states, encoder_hidden_states)
+        neg = slice(-self.n_neg, None)
+        q = torch.cat([qi, qt], 2)
+        k = torch.cat([ki, kt, kt[:, :, neg]], 2)
+        v = torch.cat([vi, vt, -self.scale * vt[:, :, neg]], 2)
+        out = softmax_attention(q, k, v, self.mask(n_img))
+        return finish(attn, out[:, :, :n_img], out[:, :, n_img:])
+
+
+class ContrastOracle:
+    """NAG/NASA as their reference code runs them: the joint attention once per prompt, then a per-token combine.
+
+    The text stream is [P, N]; the positive branch sees only [I, P] and the negative branch only [I, N].
+    `combine(z_pos, z_neg)` gets (tokens, channels) rows of one sample and is written as a plain loop by the test.
+    """
+
+    def __init__(self, n_pos, combine):
+        self.n_pos, self.combine = n_pos, combine
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        n_img, p = hidden_states.shape[1], self.n_pos
+        qi, ki, vi, qt, kt, vt = projections(attn, hidden_states, encoder_hidden_states)
+        plus = softmax_attention(torch.cat([qi, qt[:, :, :p]], 2), torch.cat([ki, kt[:, :, :p]], 2),
+                                 torch.cat([vi, vt[:, :, :p]], 2))
+        minus = softmax_attention(torch.cat([qi, qt[:, :, p:]], 2), torch.cat([ki, kt[:, :, p:]], 2),
+                                  torch.cat([vi, vt[:, :, p:]], 2))
+        b, h, _, d = qi.shape
+
+        def rows(x):  # (batch, heads, tokens, d) -> (batch, tokens, heads * d), NAG's layout
+            return x.transpose(1, 2).reshape(b, -1, h * d)
+
+        z_pos, z_neg = rows(plus[:, :, :n_img]), rows(minus[:, :, :n_img])
+        image = torch.stack([self.combine(z_pos[i], z_neg[i]) for i in range(b)])
+        image = image.reshape(b, n_img, h, d).transpose(1, 2)
+        return finish(attn, image, torch.cat([plus[:, :, n_img:], minus[:, :, n_img:]], 2))
+
+
+def run_with_oracle(pipe, processor, extra_tokens, **call):
+    """Render with `processor` on every joint block and `extra_tokens` appended to the text stream; then restore."""
+    def hook(module, args, kwargs):
+        e = kwargs["encoder_hidden_states"]
+        kwargs["encoder_hidden_states"] = torch.cat([e] + [t.to(e).expand(e.shape[0], -1, -1) for t in extra_tokens], 1)
+        return args, kwargs
+
+    original = dict(pipe.transformer.attn_processors)
+    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    for block in pipe.transformer.transformer_blocks:
+        block.attn.set_processor(processor)
+    try:
+        return generate(pipe, **call)
+    finally:
+        handle.remove()
+        pipe.transformer.set_attn_processor(original)

@@ -1,0 +1,20 @@
+"""Classifier-free guidance through the stock pipeline's own `negative_prompt` (two passes per step)."""
+
+from pydantic import Field
+
+from vsf_cli.guidance.base import Method
+
+
+class CFG(Method):
+    """The pipeline's CFG with the negative as its unconditional prompt; meant for non-distilled models."""
+
+    cost = "a second full forward"
+    cfg_scale: float = Field(4.5, gt=1.0, le=30.0, description="guidance scale w (> 1)")
+
+    def install(self, pipe, negatives: list[str]):
+        from vsf_cli.guidance.joint import Installation
+
+        return Installation()  # nothing to patch: the pipeline does CFG itself
+
+    def call_kwargs(self, negatives: list[str]) -> dict:
+        return {"negative_prompt": negatives[0] if len(negatives) == 1 else negatives, "guidance_scale": self.cfg_scale}

@@ -1,0 +1,107 @@
+"""The toy model's text side: word-level CLIP and T5 tokenizers over the world's vocabulary, and tiny encoders."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vsf_cli.toy import world
+
+MAX_TOKENS = 20  # the longest caption is 18 words; CLIP adds BOS and EOS, T5 adds EOS
+CLIP_WIDTH = 64  # each of CLIP-L and CLIP-G; together they fill T5_WIDTH, as 768 + 1280 fill 4096 in SD3 with room
+T5_WIDTH = 128
+
+
+def clip_tokenizer():
+    """A CLIPTokenizer whose BPE merges spell each vocabulary word as one token; any other word is <|endoftext|>.
+
+    The stock class keeps the pipeline's code path. Each word gets a chain of merges (g r -> gr, gr e -> gre, ...);
+    a word whose letters another chain would merge first ("re" of "red" inside "green") has its chain moved ahead.
+    """
+    from transformers import CLIPTokenizer
+
+    order = list(world.VOCAB)
+    for _ in range(len(order)):
+        tok = _clip_tokenizer(order)
+        broken = [w for w in order if len(tok(w, add_special_tokens=False).input_ids) != 1]
+        if not broken:
+            return tok
+        order = broken + [w for w in order if w not in broken]
+    raise RuntimeError(f"no merge order spells {broken} as single tokens")
+
+
+def _clip_tokenizer(words: list[str]):
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {}
+    merges: list[tuple[str, str]] = []
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    for word in words:
+        piece = word[0]
+        for i, c in enumerate(word[1:], 1):
+            nxt = c + "</w>" if i == len(word) - 1 else c
+            if (piece, nxt) not in merges:
+                merges.append((piece, nxt))
+            piece += nxt
+            vocab.setdefault(piece, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS, pad_token="<|endoftext|>")
+
+
+def t5_tokenizer():
+    """A unigram T5Tokenizer: each vocabulary word is one piece; other text falls back to letters."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -10.0)]
+    pieces += [("▁" + w, -1.0) for w in world.VOCAB]
+    pieces += [(c, -10.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def encoders(seed: int):
+    """Fresh CLIP-L, CLIP-G and T5 encoders sized for the toy vocabulary (about 0.7 M parameters together)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    vocab = len(clip_tokenizer())
+    clips = []
+    for i in range(2):
+        torch.manual_seed(seed + i)
+        cfg = CLIPTextConfig(
+            vocab_size=vocab, hidden_size=CLIP_WIDTH, intermediate_size=2 * CLIP_WIDTH, num_hidden_layers=3,
+            num_attention_heads=2, max_position_embeddings=MAX_TOKENS, projection_dim=CLIP_WIDTH,
+            bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1,
+        )
+        clips.append(CLIPTextModelWithProjection(cfg))
+    torch.manual_seed(seed + 2)
+    t5 = T5EncoderModel(T5Config(
+        vocab_size=len(t5_tokenizer()), d_model=T5_WIDTH, d_kv=32, d_ff=2 * T5_WIDTH, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=16, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+        feed_forward_proj="gated-gelu",
+    ))
+    return clips[0], clips[1], t5
+
+
+class Tokenized:
+    """Token ids of a batch of captions, padded exactly as StableDiffusion3Pipeline.encode_prompt pads them."""
+
+    def __init__(self, tokenizer, tokenizer_2, tokenizer_3, captions: list[str], max_sequence_length: int = MAX_TOKENS):
+        pad = dict(padding="max_length", truncation=True, return_tensors="pt")
+        self.clip = tokenizer(captions, max_length=tokenizer.model_max_length, **pad).input_ids
+        self.clip_2 = tokenizer_2(captions, max_length=tokenizer_2.model_max_length, **pad).input_ids
+        self.t5 = tokenizer_3(captions, max_length=max_sequence_length, add_special_tokens=True, **pad).input_ids
+
+
+def encode(text_encoder, text_encoder_2, text_encoder_3, ids: Tokenized) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt_embeds, pooled_prompt_embeds) as the pipeline computes them, but with gradients for training."""
+    hidden, pooled = [], []
+    for encoder, tok_ids in ((text_encoder, ids.clip), (text_encoder_2, ids.clip_2)):
+        out = encoder(tok_ids, output_hidden_states=True)
+        pooled.append(out[0])
+        hidden.append(out.hidden_states[-2])
+    t5 = text_encoder_3(ids.t5)[0]
+    clip = torch.cat(hidden, dim=-1)
+    clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+    return torch.cat([clip, t5], dim=-2), torch.cat(pooled, dim=-1)

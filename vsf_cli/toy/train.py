@@ -1,0 +1,179 @@
+"""Train the toy model: a 2x AutoencoderKL, then an SD3 transformer and its text encoders by flow matching.
+
+    python -m vsf_cli.toy.train --out DIR [--minutes 80] [--steps N] [--seed 0]
+
+Data is rendered on the fly from the seeded world, so a run is reproducible from its seed and thread count.
+A diffusers folder (EMA weights, fp16 safetensors) is written to DIR every --save-every minutes and at the end,
+so a partial run is usable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vsf_cli.toy import text, world
+
+LATENT_CHANNELS = 4
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[32, 64], layers_per_block=1,
+        latent_channels=LATENT_CHANNELS, norm_num_groups=16, sample_size=world.SIZE, mid_block_add_attention=False,
+    )
+
+
+def build_transformer(layers: int, heads: int, head_dim: int):
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(
+        sample_size=world.SIZE // 2, patch_size=2, in_channels=LATENT_CHANNELS, num_layers=layers,
+        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=text.T5_WIDTH,
+        caption_projection_dim=heads * head_dim, pooled_projection_dim=2 * text.CLIP_WIDTH,
+        out_channels=LATENT_CHANNELS, qk_norm="rms_norm", pos_embed_max_size=world.SIZE // 4,
+    )
+
+
+def pixels(imgs: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def train_vae(vae, rng: random.Random, steps: int, batch: int, log) -> None:
+    """Reconstruction plus a small KL, so latents stay smooth enough to diffuse."""
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    vae.train()
+    for step in range(1, steps + 1):
+        x = pixels(world.batch(rng, batch)[0])
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.mse_loss(rec, x) + 1e-4 * kl
+        for g in opt.param_groups:
+            g["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps:
+            log(f"vae {step}/{steps} mse {F.mse_loss(rec, x).item():.5f} kl {kl.item():.4f}")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():  # SD3 normalises latents as (z - shift) * scale; fit both on fresh renders
+        z = vae.encode(pixels(world.batch(random.Random(1), 512)[0])).latent_dist.mean
+    vae.register_to_config(shift_factor=round(z.mean().item(), 4), scaling_factor=round(1 / z.std().item(), 4))
+
+
+def save(path: Path, parts: dict, dtype: torch.dtype) -> None:
+    """Write the pipeline next to `path`, then swap it in, so a reader never sees a half-written folder."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    parts = {k: (copy.deepcopy(v).to(dtype) if isinstance(v, torch.nn.Module) else v) for k, v in parts.items()}
+    pipe = StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), **parts)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=1_000_000, help="stop after this many transformer steps")
+    ap.add_argument("--minutes", type=float, default=80.0, help="stop after this much wall clock (VAE included)")
+    ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--head-dim", type=int, default=48)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--save-every", type=float, default=10.0, help="minutes between checkpoints")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    start = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{(time.time() - start) / 60:6.1f} min] {msg}", flush=True)
+
+    rng = random.Random(args.seed)
+    torch.manual_seed(args.seed)
+    vae = build_vae()
+    train_vae(vae, rng, args.vae_steps, 32, log)
+
+    tokenizers = text.clip_tokenizer(), text.clip_tokenizer(), text.t5_tokenizer()
+    encoders = text.encoders(args.seed + 10)
+    torch.manual_seed(args.seed + 20)
+    transformer = build_transformer(args.layers, args.heads, args.head_dim)
+    trained = torch.nn.ModuleList([transformer, *encoders]).train()
+    ema = copy.deepcopy(trained).eval().requires_grad_(False)
+    n_params = sum(p.numel() for p in trained.parameters())
+    log(f"transformer + text encoders: {n_params / 1e6:.2f} M parameters")
+    opt = torch.optim.AdamW(trained.parameters(), lr=args.lr, weight_decay=0.01)
+    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+    budget = args.minutes * 60
+
+    def parts(m):
+        return dict(
+            transformer=m[0], vae=vae, text_encoder=m[1], tokenizer=tokenizers[0], text_encoder_2=m[2],
+            tokenizer_2=tokenizers[1], text_encoder_3=m[3], tokenizer_3=tokenizers[2],
+        )
+
+    dtype = getattr(torch, args.dtype)
+    last_save, smooth, step = time.time(), None, 0
+    while step < args.steps and time.time() - start < budget:
+        step += 1
+        progress = max(step / args.steps, (time.time() - start) / budget)
+        lr = args.lr * min(1.0, step / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        imgs, captions, _ = world.batch(rng, args.batch)
+        with torch.no_grad():
+            z = (vae.encode(pixels(imgs)).latent_dist.mean - shift) * scale
+        ids = text.Tokenized(*tokenizers, captions)
+        prompt_embeds, pooled = text.encode(*trained[1:], ids)
+        t = torch.sigmoid(torch.randn(args.batch))  # logit-normal, as SD3 trains
+        noise = torch.randn_like(z)
+        tt = t.view(-1, 1, 1, 1)
+        x_t = (1 - tt) * z + tt * noise
+        pred = trained[0](hidden_states=x_t, timestep=t * 1000, encoder_hidden_states=prompt_embeds, pooled_projections=pooled).sample
+        loss = F.mse_loss(pred, noise - z)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), trained.parameters()):
+                e.lerp_(p, 1 - decay)
+        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        if step % 50 == 0:
+            log(f"step {step} loss {smooth:.4f} lr {lr:.2e}")
+        if time.time() - last_save > args.save_every * 60:
+            save(args.out, parts(ema), dtype)
+            last_save = time.time()
+            log(f"checkpoint at step {step} -> {args.out}")
+    save(args.out, parts(ema), dtype)
+    log(f"done: {step} steps, loss {smooth:.4f}, saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
