@@ -1,12 +1,23 @@
-"""Resolved generation settings for one image: a validated pydantic model shared by CLI, metadata and batch."""
+"""Generation settings: the validated model for one image, and how layers of them merge (no model load)."""
 
+import os
+from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vsf_cli.errors import UsageError
 
 Method = Literal["vsf", "none", "nag", "nasa", "cfg"]
 Offload = Literal["none", "model", "sequential"]
 Compat = Literal["paper", "reference"]
+
+SIZE_MULTIPLE = 16  # VAE factor 8 x patch 2 for SD3; also what Flux and Wan need
+# Method parameters that GenSettings carries; each method takes some of them (see vsf_cli.guidance).
+METHOD_SETTINGS = ("scale", "offset", "compat", "nag_scale", "nag_tau", "nag_alpha", "nag_end", "nasa_scale", "cfg_scale")
+# Settings a `VSF_<NAME>` environment variable may set (precedence: above files and jobs, below flags).
+ENV_SETTINGS = ("model", "method", "scale", "offset", "compat", "steps", "guidance_scale", "dtype", "device", "offload")
+MODEL_DEFAULTS = ("steps", "width", "height", "scale", "offset", "guidance_scale", "max_sequence_length")
 
 
 class GenSettings(BaseModel):
@@ -39,3 +50,58 @@ class GenSettings(BaseModel):
     dtype: str = "auto"
     device: str = "auto"
     offload: Offload = "none"
+
+
+FIELDS = tuple(GenSettings.model_fields)
+
+
+def env_layer() -> dict:
+    """Settings from `VSF_*` environment variables."""
+    return {key: os.environ[f"VSF_{key.upper()}"] for key in ENV_SETTINGS if os.environ.get(f"VSF_{key.upper()}")}
+
+
+def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None) -> dict:
+    """Merge layers (lowest first) over the model's defaults, validate, and fill in the method's parameters.
+
+    None values in a layer mean "not set". The result also names the model's `family`.
+    """
+    from vsf_cli import guidance
+    from vsf_cli.models.registry import DEFAULT_MODEL
+    from vsf_cli.models.registry import resolve as resolve_model
+
+    merged: dict = {}
+    for layer in layers:
+        merged.update({k: v for k, v in layer.items() if v is not None})
+    spec = resolve_model(str(merged.get("model") or DEFAULT_MODEL))
+    merged = {**{k: getattr(spec, k) for k in MODEL_DEFAULTS}, **merged, "model": str(merged.get("model") or spec.alias)}
+    merged.setdefault("method", "vsf" if merged.get("negative") else "none")
+    if not merged.get("prompt"):
+        raise UsageError("missing prompt")
+    if merged["method"] != "none" and not merged.get("negative"):
+        raise UsageError(f"method {merged['method']} needs a negative prompt (--neg TEXT)")
+    try:
+        settings = GenSettings(**merged).model_dump()
+    except ValidationError as e:
+        raise UsageError("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+    for side in ("width", "height"):
+        if settings[side] % SIZE_MULTIPLE:
+            raise UsageError(f"size: {side} {settings[side]} is not a multiple of {SIZE_MULTIPLE}")
+    method = settings["method"]
+    if method not in ("none", "cfg") and settings["guidance_scale"] > 1:
+        raise UsageError(f"{method} replaces CFG and needs --guidance-scale <= 1 (got {settings['guidance_scale']})")
+    taken = guidance.parameters(method)
+    given = {k: settings[k] for k in taken if settings[k] is not None}
+    # Built here so ranges are checked before anything loads; unset knobs take the method's defaults.
+    settings.update({k: None for k in METHOD_SETTINGS}, **guidance.create(method, **given).model_dump())
+    if method == "cfg":
+        settings["guidance_scale"] = settings["cfg_scale"]
+        if spec.distilled:
+            warn(f"{spec.alias} is distilled for guidance 0; CFG on it is not what it was trained for "
+                 "(use sd35-large for the paper's CFG baseline)")
+    settings["family"] = spec.family
+    return settings
+
+
+def stored(settings: dict) -> dict:
+    """The GenSettings fields of a metadata dict (what `--from` replays), without unset values."""
+    return {k: v for k, v in settings.items() if k in FIELDS and v is not None}

@@ -1,7 +1,6 @@
 """`vsf gen`: resolve settings, load the model once, and write one PNG with metadata per seed."""
 
 import json
-import os
 import secrets
 import time
 from pathlib import Path
@@ -13,11 +12,6 @@ from vsf_cli.cli.common import console, errors_to_exit_codes
 from vsf_cli.errors import UsageError
 
 DEFAULT_OUTPUT = "out/{slug}_{seed}.png"
-SIZE_MULTIPLE = 16  # VAE factor 8 x patch 2 for SD3; also what Flux and Wan need
-# Settings a `VSF_<NAME>` environment variable may set (precedence: above --from, below flags).
-# Method parameters that GenSettings carries; each method takes some of them (see vsf_cli.guidance).
-METHOD_SETTINGS = ("scale", "offset", "compat", "nag_scale", "nag_tau", "nag_alpha", "nag_end", "nasa_scale", "cfg_scale")
-ENV_SETTINGS = ("model", "method", "scale", "offset", "compat", "steps", "guidance_scale", "dtype", "device", "offload")
 
 
 @app.command("gen")
@@ -63,6 +57,8 @@ def gen(
             "nasa_scale": nasa_scale, "cfg_scale": cfg_scale, "steps": steps, "guidance_scale": guidance_scale, "lora": lora or None,
             "device": device, "dtype": dtype, "offload": offload, **_parse_size(size),
         }
+        if not prompt and not from_file:
+            raise UsageError("missing PROMPT (or --from FILE)")
         settings = resolve_settings(flags, from_file)
         stored_seed = settings.pop("seed")  # from --from; explicit seeds and --seeds win
         explicit_seeds = list(seed or ([] if stored_seed is None or seeds else [stored_seed]))
@@ -77,62 +73,11 @@ def gen(
 
 def resolve_settings(flags: dict, from_file: Path | None) -> dict:
     """Merge model defaults < --from file < VSF_* env < flags, and validate the result (no model load)."""
-    from vsf_cli import guidance
-    from vsf_cli.models.registry import DEFAULT_MODEL, resolve
-    from vsf_cli.settings import GenSettings
-
-    replay = _replay(from_file) if from_file else {}
-    env = _env()
-    explicit = {k: v for k, v in flags.items() if v is not None}
-    name = explicit.get("model") or env.get("model") or replay.get("model") or DEFAULT_MODEL
-    spec = resolve(name)
-    defaults = {k: getattr(spec, k) for k in ("steps", "width", "height", "scale", "offset", "guidance_scale",
-                                              "max_sequence_length")}
-    merged = {**defaults, **replay, **env, **explicit, "model": name}
-    if "method" not in merged:
-        merged["method"] = "vsf" if merged.get("negative") else "none"
-    if not merged.get("prompt"):
-        raise UsageError("missing PROMPT (or --from FILE)")
-    if merged["method"] == "vsf" and not merged.get("negative"):
-        raise UsageError("--method vsf needs --neg TEXT")
-    for side in ("width", "height"):
-        if merged[side] % SIZE_MULTIPLE:
-            raise UsageError(f"--size: {side} {merged[side]} is not a multiple of {SIZE_MULTIPLE}")
-    try:
-        settings = GenSettings(**merged).model_dump()
-    except Exception as e:  # pydantic.ValidationError, kept to one line
-        raise UsageError(_one_line(e)) from None
-    method = settings["method"]
-    if method not in ("none", "cfg") and settings["guidance_scale"] > 1:
-        raise UsageError(f"{method} replaces CFG and needs --guidance-scale <= 1 (got {settings['guidance_scale']})")
-    taken = guidance.parameters(method)
-    given = {k: settings[k] for k in taken if settings[k] is not None}
-    # Built here so ranges are checked before anything loads; unset knobs take the method's defaults.
-    settings.update({k: None for k in METHOD_SETTINGS}, **guidance.create(method, **given).model_dump())
-    if method == "cfg":
-        settings["guidance_scale"] = settings["cfg_scale"]
-        if spec.distilled:
-            console.print(f"[yellow]warning:[/] {spec.alias} is distilled for guidance 0; CFG on it is not what it was "
-                          "trained for (use sd35-large for the paper's CFG baseline)")
-    settings["family"] = spec.family
-    return settings
-
-
-def _replay(path: Path) -> dict:
     from vsf_cli.render.metadata import read_metadata
-    from vsf_cli.settings import GenSettings
+    from vsf_cli.settings import env_layer, resolve, stored
 
-    stored = read_metadata(path)
-    return {k: v for k, v in stored.items() if k in GenSettings.model_fields and v is not None}
-
-
-def _env() -> dict:
-    values = {}
-    for key in ENV_SETTINGS:
-        raw = os.environ.get(f"VSF_{key.upper()}")
-        if raw:
-            values[key] = raw
-    return values
+    replay = stored(read_metadata(from_file)) if from_file else {}
+    return resolve(replay, env_layer(), flags, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
 
 
 def _parse_size(size: str | None) -> dict:
@@ -178,15 +123,9 @@ def _plan(settings: dict, seed_list: list[int], template: str, overwrite: bool) 
 
 
 def _render(jobs: list[tuple[Path, dict]], *, offline: bool, as_json: bool, quiet: bool, verbose: bool) -> None:
-    from vsf_cli.models.loading import set_offline
-
-    set_offline(offline)  # before diffusers is imported
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vsf_cli import __version__, guidance
-    from vsf_cli.models.loading import load_pipeline, resolve_device, resolve_dtype
-    from vsf_cli.models.registry import resolve
-    from vsf_cli.render.metadata import save_png
+    from vsf_cli.generate import Renderer
 
     first = jobs[0][1]
     if verbose:
@@ -194,44 +133,17 @@ def _render(jobs: list[tuple[Path, dict]], *, offline: bool, as_json: bool, quie
     if not quiet:
         console.print(f"loading {first['model']}")
     started = time.perf_counter()
-    pipe = load_pipeline(resolve(first["model"]), dtype=first["dtype"], device=first["device"],
-                         offload=first["offload"], loras=first["lora"], offline=offline)
-    device = resolve_device(first["device"])
-    resolved = {"device": device, "dtype": resolve_dtype(first["dtype"], device)}
+    renderer = Renderer(first, offline=offline)
     if verbose:
-        console.print(f"loaded in {time.perf_counter() - started:.1f}s on {resolved['device']} ({resolved['dtype']})")
-
-    import torch
-
-    params = {k: first[k] for k in guidance.parameters(first["method"])}
+        console.print(f"loaded in {time.perf_counter() - started:.1f}s on {renderer.resolved['device']} "
+                      f"({renderer.resolved['dtype']})")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True, disable=quiet or not console.is_terminal)
-    with progress, guidance.apply(pipe, first["method"], negative=first["negative"], **params) as extra:
+    with progress:
         for path, s in jobs:
             task = progress.add_task(f"seed {s['seed']}", total=s["steps"])
-
-            def step_done(pipe, step, timestep, kwargs, task=task):
-                progress.advance(task)
-                return {}
-
-            t0 = time.perf_counter()
-            call = {"guidance_scale": s["guidance_scale"], **extra}
-            image = pipe(
-                prompt=s["prompt"], num_inference_steps=s["steps"], width=s["width"], height=s["height"],
-                max_sequence_length=s["max_sequence_length"], generator=torch.Generator("cpu").manual_seed(s["seed"]),
-                callback_on_step_end=step_done, **call,
-            ).images[0]
-            seconds = round(time.perf_counter() - t0, 3)
-            record = {**s, "version": __version__, "seconds": seconds, "resolved": resolved}
-            save_png(image, path, record)
+            record = renderer.render(s, path, on_step=lambda task=task: progress.advance(task))
             progress.remove_task(task)
             typer.echo(json.dumps({"path": str(path), **record}) if as_json else str(path))
             if not quiet:
-                console.print(f"wrote {path} (seed {s['seed']}, {seconds:.1f}s)")
-
-
-def _one_line(e: Exception) -> str:
-    errors = getattr(e, "errors", None)
-    if callable(errors):
-        return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in errors())
-    return str(e).splitlines()[0]
+                console.print(f"wrote {path} (seed {s['seed']}, {record['seconds']:.1f}s)")
