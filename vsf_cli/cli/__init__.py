@@ -27,9 +27,9 @@ def _root(
     """Negative prompts that work on few-step image and video models (Value Sign Flip)."""
 
 
-from vsf_cli.cli import env, gen, info, models  # noqa: E402  (each module registers its command on `app`)
+from vsf_cli.cli import batch, env, gen, info, models, presets  # noqa: E402  (each registers its command on `app`)
 
-__all__ = ["app", "main", "env", "gen", "info", "models"]
+__all__ = ["app", "main", "batch", "env", "gen", "info", "models", "presets"]
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ def gen(
     offline: bool = typer.Option(False, "--offline", help="Use only the local hub cache; never touch the network."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image on stdout instead of its path."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved settings and output paths; load nothing."),
+    preset: str = typer.Option(None, "--preset", help="Start from a preset's defaults, e.g. anti-aesthetic (see `vsf presets`); flags win."),
     from_file: Path = typer.Option(None, "--from", help="Replay the settings stored in a PNG or .json made by vsf; flags given here win."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or status on stderr; errors only."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print the resolved settings and timings on stderr."),
@@ -59,7 +60,7 @@ def gen(
         }
         if not prompt and not from_file:
             raise UsageError("missing PROMPT (or --from FILE)")
-        settings = resolve_settings(flags, from_file)
+        settings = resolve_settings(flags, from_file, preset)
         stored_seed = settings.pop("seed")  # from --from; explicit seeds and --seeds win
         explicit_seeds = list(seed or ([] if stored_seed is None or seeds else [stored_seed]))
         seed_list = _seeds(explicit_seeds, seeds, count)
@@ -71,13 +72,18 @@ def gen(
         _render(jobs, offline=offline, as_json=as_json, quiet=quiet, verbose=verbose)
 
 
-def resolve_settings(flags: dict, from_file: Path | None) -> dict:
-    """Merge model defaults < --from file < VSF_* env < flags, and validate the result (no model load)."""
+def resolve_settings(flags: dict, from_file: Path | None, preset: str | None = None) -> dict:
+    """Merge model defaults < preset < --from file < VSF_* env < flags, and validate (no model load)."""
+    from vsf_cli.batch.plan import fill_negative
+    from vsf_cli.batch.spec import preset_defaults
     from vsf_cli.render.metadata import read_metadata
     from vsf_cli.settings import env_layer, resolve, stored
 
     replay = stored(read_metadata(from_file)) if from_file else {}
-    return resolve(replay, env_layer(), flags, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
+    layers = [preset_defaults(preset), replay, env_layer(), flags]
+    settings = resolve(*layers, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
+    settings["negative"] = fill_negative(settings["negative"], settings["prompt"])
+    return settings
 
 
 def _parse_size(size: str | None) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vsf_cli.errors import UsageError, VsfError
 
-FIELDS = ("index", "seed", "slug", "model", "method")
+FIELDS = ("index", "seed", "slug", "model", "method", "id")
 _ALLOWED = "allowed fields: " + ", ".join("{" + f + "}" for f in FIELDS)
 _SEPARATORS = {"/", "\\", os.sep, os.altsep or "/"}
 

@@ -1,0 +1,1 @@
+"""Batch rendering: job files (spec), their expansion into a deterministic job list (plan), and the runner."""
