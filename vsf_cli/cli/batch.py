@@ -89,7 +89,7 @@ def run(
             outcome = work.run(todo, outcome, fail_fast=fail_fast, overwrite=overwrite)
         except KeyboardInterrupt:
             console.print(f"interrupted; finished jobs are in {work.manifest}, rerun the same command to resume")
-            raise
+            raise typer.Exit(130) from None
         _summary(outcome, out_dir, as_json, quiet)
         if outcome.failed or outcome.failed_before:
             raise typer.Exit(3)
