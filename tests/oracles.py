@@ -5,10 +5,10 @@ import math
 import torch
 
 
-def generate(pipe, prompt="a red bike", seed=0, steps=2, guidance_scale=0.0, **kw):
+def generate(pipe, prompt="a red bike", seed=0, steps=2, guidance_scale=0.0, height=32, width=32, **kw):
     """A seeded tiny render; one generator per prompt so batched and single runs match."""
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompt) if isinstance(prompt, list) else 1)]
-    return pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance_scale, height=32, width=32,
+    return pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance_scale, height=height, width=width,
                 generator=generators, output_type="pt", **kw).images
 
 

@@ -87,7 +87,7 @@ def test_nag_end_switches_guidance_off_late_in_sampling(sd3):
 
 def test_inactive_calls_run_the_stock_processors(sd3):
     t = sd3.transformer
-    inputs = dict(hidden_states=torch.randn(1, 4, 4, 4), encoder_hidden_states=torch.randn(1, 333, 32),
+    inputs = dict(hidden_states=torch.randn(1, 16, 4, 4), encoder_hidden_states=torch.randn(1, 333, 32),
                   pooled_projections=torch.randn(1, 32), timestep=torch.tensor([100.0]))
     with torch.no_grad():
         plain = t(**inputs).sample

@@ -122,7 +122,7 @@ def test_prompt_cannot_steer_the_output_out_of_its_folder(gen, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["a cat", "--size", "33"], "multiple of 16"),
-    (["a cat", "--size", "big"], "--size"),
+    (["a cat", "--size", "big"], "WIDTHxHEIGHT"),
     (["a cat", "--method", "vsf"], "needs a negative prompt"),
     (["a cat", "--neg", "red", "--scale", "99"], "scale"),
     (["a cat", "--neg", "red", "--guidance-scale", "5"], "guidance-scale"),

@@ -59,14 +59,14 @@ def build_sd3(path: Path, *, dual_attention: bool = False, seed: int = 0, sample
     )).eval()
     torch.manual_seed(seed + 4)
     transformer = SD3Transformer2DModel(
-        sample_size=sample_size, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8,
+        sample_size=sample_size, patch_size=2, in_channels=16, num_layers=3, attention_head_dim=8,
         num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32,
-        out_channels=4, qk_norm="rms_norm", dual_attention_layers=(0,) if dual_attention else (),
+        out_channels=16, qk_norm="rms_norm", dual_attention_layers=(0,) if dual_attention else (),
     )
     torch.manual_seed(seed + 5)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 8], latent_channels=4,
+        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 8], latent_channels=16,
         norm_num_groups=4, sample_size=32, shift_factor=0.06, scaling_factor=1.5,
     )
     pipe = StableDiffusion3Pipeline(

@@ -20,6 +20,29 @@ class Renderer:
                                   offload=settings["offload"], loras=settings["lora"], offline=offline)
         device = resolve_device(settings["device"])
         self.resolved = {"device": device, "dtype": resolve_dtype(settings["dtype"], device)}
+        self.siblings: dict = {}
+
+    def _pipeline_for(self, settings: dict):
+        """The text-to-image pipeline, or its image-to-image / inpainting sibling sharing the loaded weights."""
+        from vsf_cli.render.images import fitted
+
+        if not settings["image"]:
+            return self.pipe, {}
+        kind = "inpaint" if settings["mask"] else "img2img"
+        if kind not in self.siblings:
+            import diffusers
+
+            from vsf_cli.models.families import adapter_for
+            from vsf_cli.models.loading import quiet_libraries
+
+            with quiet_libraries():
+                self.siblings[kind] = getattr(diffusers, adapter_for(self.pipe).IMAGE_PIPELINES[kind]).from_pipe(self.pipe)
+            self.siblings[kind].set_progress_bar_config(disable=True)
+        size = settings["width"], settings["height"]
+        inputs = {"image": fitted(settings["image"], *size, "RGB"), "strength": settings["strength"]}
+        if settings["mask"]:
+            inputs["mask_image"] = fitted(settings["mask"], *size, "L")
+        return self.siblings[kind], inputs
 
     def render(self, settings: dict, path: Path, on_step: Callable[[], None] = lambda: None) -> dict:
         """Generate `settings` (one seed) into `path` atomically; returns the metadata record written."""
@@ -36,14 +59,18 @@ class Renderer:
             return {}
 
         params = {k: settings[k] for k in guidance.parameters(settings["method"])}
+        pipe, inputs = self._pipeline_for(settings)
         started = time.perf_counter()
-        with guidance.apply(self.pipe, settings["method"], negative=settings["negative"], **params) as extra:
-            image = self.pipe(
-                prompt=settings["prompt"], num_inference_steps=settings["steps"], width=settings["width"],
-                height=settings["height"], max_sequence_length=settings["max_sequence_length"],
-                generator=torch.Generator("cpu").manual_seed(settings["seed"]), callback_on_step_end=step_done,
-                **{"guidance_scale": settings["guidance_scale"], **extra},
-            ).images[0]
+        if settings["image"] and settings["strength"] == 0:
+            image = inputs["image"]  # nothing is repainted: the input, at the output size
+        else:
+            with guidance.apply(pipe, settings["method"], negative=settings["negative"], **params) as extra:
+                image = pipe(
+                    prompt=settings["prompt"], num_inference_steps=settings["steps"], width=settings["width"],
+                    height=settings["height"], max_sequence_length=settings["max_sequence_length"],
+                    generator=torch.Generator("cpu").manual_seed(settings["seed"]), callback_on_step_end=step_done,
+                    **inputs, **{"guidance_scale": settings["guidance_scale"], **extra},
+                ).images[0]
         record = {**settings, "version": __version__, "seconds": round(time.perf_counter() - started, 3),
                   "resolved": self.resolved}
         save_png(image, path, record)

@@ -46,6 +46,11 @@ class GenSettings(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**63, description="None until the CLI picks a random seed")
     guidance_scale: float = Field(0.0, ge=0.0)
     max_sequence_length: int = Field(256, ge=1, le=512)
+    image: str | None = Field(None, description="input image for image-to-image or inpainting")
+    image_sha256: str | None = None
+    mask: str | None = Field(None, description="inpainting mask: white is repainted, black is kept")
+    mask_sha256: str | None = None
+    strength: float | None = Field(None, ge=0.0, le=1.0, description="how much of the input is repainted")
     lora: list[str] = []
     dtype: str = "auto"
     device: str = "auto"
@@ -72,6 +77,10 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None) -
     merged: dict = {}
     for layer in layers:
         merged.update({k: v for k, v in layer.items() if v is not None})
+    if merged.get("image") or merged.get("mask"):
+        merged.update(_image_inputs(merged, warn))
+    elif merged.get("strength") is not None:
+        raise UsageError("--strength needs --image")
     spec = resolve_model(str(merged.get("model") or DEFAULT_MODEL))
     merged = {**{k: getattr(spec, k) for k in MODEL_DEFAULTS}, **merged, "model": str(merged.get("model") or spec.alias)}
     merged.setdefault("method", "vsf" if merged.get("negative") else "none")
@@ -105,3 +114,32 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None) -
 def stored(settings: dict) -> dict:
     """The GenSettings fields of a metadata dict (what `--from` replays), without unset values."""
     return {k: v for k, v in settings.items() if k in FIELDS and v is not None}
+
+
+DEFAULT_STRENGTH = 0.6  # diffusers' default for SD3 image-to-image and inpainting
+
+
+def _image_inputs(merged: dict, warn: Callable[[str], None]) -> dict:
+    """Check the input image and mask, record their sha256, and size the output from the image."""
+    from vsf_cli.render.images import open_image, sha256
+
+    if not merged.get("image"):
+        raise UsageError("--mask needs --image")
+    image = open_image(merged["image"])
+    values = {"image_sha256": sha256(merged["image"]), "strength": merged.get("strength", DEFAULT_STRENGTH)}
+    for key in ("image", "mask"):
+        if merged.get(f"{key}_sha256") and merged.get(key) and merged[f"{key}_sha256"] != sha256(merged[key]):
+            warn(f"{merged[key]} changed since the replayed image was made (its sha256 differs)")
+    if "width" not in merged and "height" not in merged:
+        width, height = (side // SIZE_MULTIPLE * SIZE_MULTIPLE for side in image.size)
+        if (width, height) != image.size:
+            warn(f"{merged['image']} is {image.size[0]}x{image.size[1]}; using {width}x{height}, "
+                 f"the nearest multiples of {SIZE_MULTIPLE} below")
+        values.update(width=width, height=height)
+    if merged.get("mask"):
+        mask = open_image(merged["mask"])
+        values["mask_sha256"] = sha256(merged["mask"])
+        if mask.size != image.size:
+            warn(f"mask {merged['mask']} is {mask.size[0]}x{mask.size[1]}, the image {image.size[0]}x{image.size[1]}; "
+                 "the mask is resized to match")
+    return values

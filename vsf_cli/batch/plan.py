@@ -80,11 +80,14 @@ def expand(spec: BatchFile, *, preset: dict, env: dict, flags: dict, out_dir: Pa
 
     if Path(spec.output).is_absolute():
         raise UsageError(f"output template {spec.output!r} in a job file must be relative to the output folder")
-    defaults = spec.defaults.settings()
+    def local(values: dict) -> dict:
+        return {k: spec.local_path(v) if k in ("image", "mask") else v for k, v in values.items()}
+
+    defaults = local(spec.defaults.settings())
     planned: list[PlannedJob] = []
     seen: set[str] = set()
     for job in spec.jobs:
-        overrides = Overrides(**job.model_dump(include=set(Overrides.model_fields))).settings()
+        overrides = local(Overrides(**job.model_dump(include=set(Overrides.model_fields))).settings())
         negative = job.neg if job.neg is not None else defaults.get("negative", preset.get("negative"))
         for values in _variables(job, negative, spec.vars or {}):
             for sweep in _sweeps(job, spec.sweep or {}):

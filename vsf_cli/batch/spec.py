@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from vsf_cli.errors import UsageError
 from vsf_cli.settings import Compat, Method, Offload
@@ -35,6 +35,9 @@ class Overrides(BaseModel):
     lora: list[str] | None = None
     dtype: str | None = None
     offload: Offload | None = None
+    image: str | None = None
+    mask: str | None = None
+    strength: float | None = None
 
     def settings(self) -> dict:
         """As settings keys: `neg` becomes `negative`, `size` becomes width and height."""
@@ -46,7 +49,7 @@ class Overrides(BaseModel):
         return values
 
 
-SWEEPABLE = tuple(f for f in Overrides.model_fields if f != "neg")
+SWEEPABLE = tuple(f for f in Overrides.model_fields if f not in ("neg", "image", "mask"))
 
 
 class Expansion(BaseModel):
@@ -93,6 +96,17 @@ class BatchFile(Expansion):
     defaults: Overrides = Overrides()
     output: str = "{index:05d}_{slug}_{id}.png"
     jobs: list[Job] = Field(min_length=1)
+    _folder: Path = PrivateAttr(Path("."))  # where the file lives: `image:` and `mask:` are relative to it
+
+    def local_path(self, value: str) -> str:
+        """An `image:`/`mask:` path from the file, resolved against its folder; it may not climb out of it."""
+        path = Path(value)
+        if path.is_absolute():
+            return value
+        resolved = (self._folder / path).resolve()
+        if not resolved.is_relative_to(self._folder.resolve()):
+            raise UsageError(f"{value!r} points outside the job file's folder {self._folder}; give an absolute path")
+        return str(resolved)
 
 
 def preset_names() -> list[str]:
@@ -136,10 +150,13 @@ def load(path: Path) -> BatchFile:
     except UnicodeDecodeError:
         raise UsageError(f"cannot read {path}: not UTF-8 text") from None
     if path.suffix.lower() == ".txt":
-        return _from_text(path, text)
-    if path.suffix.lower() == ".json":
-        return _from_neggenbench(path, text)
-    return _from_yaml(path, text)
+        batch = _from_text(path, text)
+    elif path.suffix.lower() == ".json":
+        batch = _from_neggenbench(path, text)
+    else:
+        batch = _from_yaml(path, text)
+    batch._folder = path.parent
+    return batch
 
 
 def _from_yaml(path: Path, text: str) -> BatchFile:

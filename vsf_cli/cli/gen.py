@@ -35,6 +35,9 @@ def gen(
     seed: list[int] = typer.Option(None, "--seed", help="Seed, 0 to 2^63-1; repeat for several images. [default: random, printed]"),
     seeds: int = typer.Option(None, "--seeds", help="Render N images with random seeds."),
     count: int = typer.Option(None, "-n", help="Images to render: seeds S..S+N-1 after one --seed S, else N random seeds. [default: 1]"),
+    image: Path = typer.Option(None, "--image", help="Edit this image (image-to-image) instead of starting from noise."),
+    mask: Path = typer.Option(None, "--mask", help="Inpaint: repaint only where this mask is white (needs --image)."),
+    strength: float = typer.Option(None, "--strength", help="With --image: how much is repainted, 0-1 (0 returns the input). [default: 0.6]"),
     output: str = typer.Option(DEFAULT_OUTPUT, "--output", "-o", help="Output template; fields {index} {seed} {slug} {model} {method}; must end in .png."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files instead of refusing."),
     device: str = typer.Option(None, "--device", help="cuda, cuda:1, mps or cpu. [default: auto]"),
@@ -52,11 +55,14 @@ def gen(
 ) -> None:
     """Generate images with a negative prompt that works at guidance scale 0."""
     with errors_to_exit_codes(debug):
+        from vsf_cli.batch.spec import parse_size
+
         flags = {
             "prompt": prompt, "negative": neg, "model": model, "method": method, "scale": scale, "offset": offset,
             "compat": compat, "nag_scale": nag_scale, "nag_tau": nag_tau, "nag_alpha": nag_alpha, "nag_end": nag_end,
             "nasa_scale": nasa_scale, "cfg_scale": cfg_scale, "steps": steps, "guidance_scale": guidance_scale, "lora": lora or None,
-            "device": device, "dtype": dtype, "offload": offload, **_parse_size(size),
+            "device": device, "dtype": dtype, "offload": offload, **(parse_size(size) if size else {}), "strength": strength,
+            "image": str(image) if image else None, "mask": str(mask) if mask else None,
         }
         if not prompt and not from_file:
             raise UsageError("missing PROMPT (or --from FILE)")
@@ -84,17 +90,6 @@ def resolve_settings(flags: dict, from_file: Path | None, preset: str | None = N
     settings = resolve(*layers, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
     settings["negative"] = fill_negative(settings["negative"], settings["prompt"])
     return settings
-
-
-def _parse_size(size: str | None) -> dict:
-    if size is None:
-        return {}
-    parts = size.lower().replace("*", "x").split("x")
-    try:
-        width, height = (int(parts[0]), int(parts[0])) if len(parts) == 1 else map(int, parts)
-    except ValueError:
-        raise UsageError(f"--size {size!r}: use WIDTHxHEIGHT like 1024x768, or one number") from None
-    return {"width": width, "height": height}
 
 
 def _seeds(explicit: list[int], random_count: int | None, count: int | None) -> list[int]:

@@ -134,7 +134,7 @@ def load_pipeline(
         raise UsageError(f"--offload {offload} moves weights between CPU and an accelerator; there is none on {device}")
     torch_dtype = getattr(torch, resolve_dtype(dtype, device))
 
-    with _quiet_libraries():
+    with quiet_libraries():
         import diffusers
 
         pipeline_class = getattr(diffusers, class_name)
@@ -155,7 +155,7 @@ def load_pipeline(
 
 
 @contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
+def quiet_libraries() -> Iterator[None]:
     """Hide library chatter while loading: transformers' torchvision notes, per-component "Loading ..." bars, and
     diffusers' "couldn't connect, trying the cache" retry, whose outcome hub_error() reports in one line anyway.
     Hub download bars stay on: a first download takes minutes and the user should see it move."""
