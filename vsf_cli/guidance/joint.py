@@ -83,6 +83,7 @@ def install_joint(
     embeds = [family.encode_negative(pipe, text, padded=padded) for text in negatives]
     state = JointState(kernel)
     installed = Installation()
+    stacked: dict[tuple, tuple] = {}  # per (batch, device, dtype): built once, not on every step
 
     def append_negative(module, args, kwargs):
         family.check_call(pipe)
@@ -91,7 +92,10 @@ def install_joint(
             return args, kwargs
         name = family.text_kwarg
         positive = kwargs[name]
-        tokens, mask = pad_negatives(embeds, positive.shape[0], positive.device, positive.dtype)
+        key = (positive.shape[0], positive.device, positive.dtype)
+        if key not in stacked:
+            stacked[key] = pad_negatives(embeds, *key)
+        tokens, mask = stacked[key]
         if reference_layout and mask is not None:
             raise UsageError("compat=reference needs negatives of equal token length in one batch (as the seed code)")
         stream = [positive, tokens, tokens] if reference_layout else [positive, tokens]
