@@ -13,18 +13,23 @@ def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[to
     The log-sum-exp lets callers add more key groups afterwards (see `merge`), so the big image-token
     attention never needs a mask and stays on flash / memory-efficient kernels.
     """
+    # `attention_lse.backend` names the kernel the last call used (the benchmark reports it).
     if q.device.type == "cpu":
+        attention_lse.backend = "cpu flash"
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
         return out, lse
     if q.device.type == "cuda":
         if q.dtype in (torch.float16, torch.bfloat16):
             try:
                 out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2]
+                attention_lse.backend = "cuda flash"
                 return out, lse
             except RuntimeError:  # head_dim or GPU generation the flash kernel does not support
                 pass
+        attention_lse.backend = "cuda memory-efficient"
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
         return out, lse[..., : q.shape[2]]  # the kernel pads the lse length to a multiple of 32
+    attention_lse.backend = "math"
     return small_attention_lse(q, k, v)
 
 
@@ -53,8 +58,8 @@ def merge(part_a: tuple[torch.Tensor, torch.Tensor], part_b: tuple[torch.Tensor,
     softmax([A; B]) V = w Z_A + (1 - w) Z_B with w = sigmoid(lse_A - lse_B): exact, per head and query.
     """
     (out_a, lse_a), (out_b, lse_b) = part_a, part_b
-    w = torch.sigmoid(lse_a - lse_b).unsqueeze(-1)
-    return (w * out_a.float() + (1 - w) * out_b.float()).to(out_a.dtype)
+    share_b = torch.sigmoid(lse_b - lse_a).unsqueeze(-1)  # 1 - w, the second group's share of the softmax mass
+    return torch.lerp(out_a.float(), out_b.float(), share_b).to(out_a.dtype)
 
 
 def vsf_joint(
