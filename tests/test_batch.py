@@ -105,14 +105,15 @@ def test_precedence_model_preset_file_job_env_flags(tmp_path):
 def test_text_and_neggenbench_inputs(tmp_path):
     txt = spec.load(write(tmp_path, "# comment\na red bike | wheels\n\na cat\n", "p.txt"))
     assert [(j.prompt, j.neg) for j in txt.jobs] == [("a red bike", "wheels"), ("a cat", None)]
-    bench = spec.load(Path(__file__).resolve().parents[2] / "shared/data/neggenbench.json") \
-        if (Path(__file__).resolve().parents[2] / "shared/data/neggenbench.json").exists() else None
     items = [{"id": 0, "prompt": "a bike", "negative": "wheels", "question_positive": "Q1", "question_negative": "Q2"}]
     small = spec.load(write(tmp_path, json.dumps(items), "bench.json"))
     jobs = expand(small)
     assert len(jobs) == 2 and jobs[0].meta == {"id": 0, "question_positive": "Q1", "question_negative": "Q2"}
-    if bench is not None:  # the shared copy, where this checkout has one beside it
-        assert len(bench.jobs) == 200
+    shared = Path(__file__).resolve().parents[2] / "shared/data/neggenbench.json"  # beside every checkout and CI
+    bench = spec.load(shared)
+    assert len(bench.jobs) == 200 and bench.seeds == [0, 1]
+    shipped = spec.load(spec.preset_path("neggenbench"))
+    assert [(j.prompt, j.neg) for j in shipped.jobs] == [(j.prompt, j.neg) for j in bench.jobs]
 
 
 def test_shipped_presets_load_and_expand():
