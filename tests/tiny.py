@@ -91,3 +91,38 @@ def build_sd3_lora(model: Path, folder: Path) -> Path:
     ))
     StableDiffusion3Pipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer))
     return Path(folder) / "pytorch_lora_weights.safetensors"
+
+
+def build_flux(path: Path, *, seed: int = 0) -> Path:
+    """Save a tiny random FluxPipeline (2 dual-stream + 2 single-stream blocks) to `path` and return it."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    clip_tok, t5_tok = byte_clip_tokenizer(), letter_t5_tokenizer()
+    vocab = len(clip_tok)
+    torch.manual_seed(seed + 1)
+    clip = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=77, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1,
+    )).eval()
+    torch.manual_seed(seed + 2)
+    t5 = T5EncoderModel(T5Config(
+        vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )).eval()
+    torch.manual_seed(seed + 3)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+    )
+    torch.manual_seed(seed + 4)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 8], latent_channels=4,
+        norm_num_groups=4, sample_size=32, shift_factor=0.06, scaling_factor=1.5, use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    pipe = FluxPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+                        text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5, tokenizer_2=t5_tok)
+    pipe.save_pretrained(path)
+    return Path(path)

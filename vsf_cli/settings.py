@@ -71,7 +71,7 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None) -
     None values in a layer mean "not set". The result also names the model's `family`.
     """
     from vsf_cli import guidance
-    from vsf_cli.models.registry import DEFAULT_MODEL
+    from vsf_cli.models.registry import CFG_ARGUMENT, DEFAULT_MODEL
     from vsf_cli.models.registry import resolve as resolve_model
 
     merged: dict = {}
@@ -96,17 +96,19 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None) -
         if settings[side] % SIZE_MULTIPLE:
             raise UsageError(f"size: {side} {settings[side]} is not a multiple of {SIZE_MULTIPLE}")
     method = settings["method"]
-    if method not in ("none", "cfg") and settings["guidance_scale"] > 1:
+    guidance_is_cfg = CFG_ARGUMENT[spec.family] == "guidance_scale"
+    if guidance_is_cfg and method not in ("none", "cfg") and settings["guidance_scale"] > 1:
         raise UsageError(f"{method} replaces CFG and needs --guidance-scale <= 1 (got {settings['guidance_scale']})")
     taken = guidance.parameters(method)
     given = {k: settings[k] for k in taken if settings[k] is not None}
     # Built here so ranges are checked before anything loads; unset knobs take the method's defaults.
     settings.update({k: None for k in METHOD_SETTINGS}, **guidance.create(method, **given).model_dump())
     if method == "cfg":
-        settings["guidance_scale"] = settings["cfg_scale"]
+        if guidance_is_cfg:
+            settings["guidance_scale"] = settings["cfg_scale"]
         if spec.distilled:
-            warn(f"{spec.alias} is distilled for guidance 0; CFG on it is not what it was trained for "
-                 "(use sd35-large for the paper's CFG baseline)")
+            warn(f"{spec.alias} is distilled; classifier-free guidance on it is not what it was trained for "
+                 "(the paper's CFG baseline is sd35-large at 28 steps)")
     settings["family"] = spec.family
     return settings
 

@@ -52,6 +52,6 @@ def apply(pipe, method: str = "vsf", *, negative: str | list[str] | None = None,
         raise UsageError(f"{method} needs a non-empty negative prompt")
     installed = guide.install(pipe, negatives)
     try:
-        yield guide.call_kwargs(negatives)
+        yield guide.call_kwargs(pipe, negatives)
     finally:
         installed.remove()

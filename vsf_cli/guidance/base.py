@@ -16,6 +16,6 @@ class Method(BaseModel):
     def install(self, pipe, negatives: list[str]):
         raise NotImplementedError
 
-    def call_kwargs(self, negatives: list[str]) -> dict:
+    def call_kwargs(self, pipe, negatives: list[str]) -> dict:
         """Extra pipeline-call arguments the method needs (only CFG uses the pipeline's own machinery)."""
         return {}

@@ -16,5 +16,8 @@ class CFG(Method):
 
         return Installation()  # nothing to patch: the pipeline does CFG itself
 
-    def call_kwargs(self, negatives: list[str]) -> dict:
-        return {"negative_prompt": negatives[0] if len(negatives) == 1 else negatives, "guidance_scale": self.cfg_scale}
+    def call_kwargs(self, pipe, negatives: list[str]) -> dict:
+        from vsf_cli.models.families import adapter_for
+
+        negative = negatives[0] if len(negatives) == 1 else negatives
+        return {"negative_prompt": negative, adapter_for(pipe).cfg_argument: self.cfg_scale}

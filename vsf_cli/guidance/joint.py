@@ -35,6 +35,7 @@ class JointState:
         self.kernel = kernel
         self.active = True  # False: this call runs the stock processors (e.g. NAG past `nag_end`)
         self.n_positive = 0
+        self.n_text = 0  # positive + negative tokens; single-stream processors see text and image as one sequence
         self.negative_mask: torch.Tensor | None = None
 
     def attend(self, image, text_q, text_k, text_v):
@@ -100,8 +101,10 @@ def install_joint(
             raise UsageError("compat=reference needs negatives of equal token length in one batch (as the seed code)")
         stream = [positive, tokens, tokens] if reference_layout else [positive, tokens]
         state.n_positive = positive.shape[1] + (tokens.shape[1] if reference_layout else 0)
+        state.n_text = state.n_positive + tokens.shape[1]
         state.negative_mask = mask
-        return args, {**kwargs, name: torch.cat(stream, dim=1)}
+        added = state.n_text - positive.shape[1]
+        return args, family.extend_kwargs({**kwargs, name: torch.cat(stream, dim=1)}, added)
 
     try:
         installed.hook(pipe.transformer.register_forward_pre_hook(append_negative, with_kwargs=True))

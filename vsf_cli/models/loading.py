@@ -15,7 +15,7 @@ from vsf_cli.errors import GatedModelError, OfflineError, UsageError, VsfError
 from vsf_cli.models.registry import ModelSpec, looks_like_hub_id
 
 # family -> stock diffusers pipeline class; flux ("FluxPipeline") and wan ("WanPipeline") slot in here.
-FAMILY_PIPELINE: dict[str, str] = {"sd3": "StableDiffusion3Pipeline"}
+FAMILY_PIPELINE: dict[str, str] = {"sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
 
 DTYPES = ("float16", "bfloat16", "float32")
 OFFLOADS = ("none", "model", "sequential")

@@ -8,6 +8,7 @@ from vsf_cli.errors import UsageError
 PIPELINES = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline")
 IMAGE_PIPELINES = {"img2img": "StableDiffusion3Img2ImgPipeline", "inpaint": "StableDiffusion3InpaintPipeline"}
 text_kwarg = "encoder_hidden_states"
+cfg_argument = "guidance_scale"  # the pipeline's own CFG scale
 T5_MAX_TOKENS = 256  # the pipelines' default max_sequence_length for the positive
 
 
@@ -36,6 +37,11 @@ def encode_negative(pipe, text: str, padded: bool = False) -> torch.Tensor:
         t5 = pipe.text_encoder_3(ids.to(device))[0]
         tokens = torch.cat([tokens.to(t5.dtype), t5], dim=1)
     return tokens.to("cpu")
+
+
+def extend_kwargs(kwargs: dict, added: int) -> dict:
+    """SD3 has no text positions to extend."""
+    return kwargs
 
 
 def check_call(pipe) -> None:
