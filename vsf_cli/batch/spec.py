@@ -5,39 +5,19 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator
 
 from vsf_cli.errors import UsageError
-from vsf_cli.settings import Compat, Method, Offload
+from vsf_cli.settings import GenSettings
 
 
-class Overrides(BaseModel):
-    """Generation settings a file's `defaults:`, a job or a sweep may set; `size` is WIDTHxHEIGHT or one number."""
+# GenSettings fields a file may not set: the prompt pair and seed have their own keys, hashes are computed,
+# size is given as `size`, and the device is a property of the process (flags, LOCAL_RANK), not of a job.
+_NOT_IN_FILES = ("prompt", "negative", "seed", "image_sha256", "mask_sha256", "width", "height", "device")
 
+
+class _OverridesBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-    neg: str | None = None
-    model: str | None = None
-    method: Method | None = None
-    scale: float | None = None
-    offset: float | None = None
-    compat: Compat | None = None
-    nag_scale: float | None = None
-    nag_tau: float | None = None
-    nag_alpha: float | None = None
-    nag_end: float | None = None
-    nasa_scale: float | None = None
-    cfg_scale: float | None = None
-    steps: int | None = None
-    size: str | int | None = None
-    guidance_scale: float | None = None
-    max_sequence_length: int | None = None
-    lora: list[str] | None = None
-    dtype: str | None = None
-    offload: Offload | None = None
-    image: str | None = None
-    mask: str | None = None
-    strength: float | None = None
 
     def settings(self) -> dict:
         """As settings keys: `neg` becomes `negative`, `size` becomes width and height."""
@@ -48,6 +28,16 @@ class Overrides(BaseModel):
             values["negative"] = values.pop("neg")
         return values
 
+
+Overrides = create_model(
+    "Overrides",
+    __base__=_OverridesBase,
+    __doc__="Generation settings a file's `defaults:`, a job or a sweep may set; `size` is WIDTHxHEIGHT or a number.",
+    neg=(str | None, None),
+    size=(str | int | None, None),
+    **{name: (field.annotation | None, None) for name, field in GenSettings.model_fields.items()
+       if name not in _NOT_IN_FILES},
+)
 
 SWEEPABLE = tuple(f for f in Overrides.model_fields if f not in ("neg", "image", "mask"))
 

@@ -18,10 +18,13 @@ def open_image(path: str | Path):
         raise UsageError(f"cannot read {path}: no such file") from None
     except IsADirectoryError:
         raise UsageError(f"cannot read {path}: it is a folder") from None
+    except PermissionError:
+        raise UsageError(f"cannot read {path}: permission denied") from None
     except UnidentifiedImageError:
         raise UsageError(f"cannot read {path}: not an image") from None
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        # PIL raises these for truncated files and oversized or damaged chunks.
+        raise UsageError(f"cannot read {path}: damaged image ({e})") from None
 
 
 def sha256(path: str | Path) -> str:

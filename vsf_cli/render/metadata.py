@@ -145,26 +145,10 @@ def _read_json(path: Path) -> dict:
 
 
 def _image_text(path: Path) -> dict[str, str]:
-    from PIL import Image, UnidentifiedImageError
+    from vsf_cli.render.images import open_image
 
-    try:
-        with Image.open(path) as im:
-            # Chunks written before the pixels are in info; `text` also decodes the image to find later ones.
-            chunks = {k: v for k, v in im.info.items() if isinstance(v, str)}
-            if "vsf" not in chunks and "parameters" not in chunks:
-                chunks.update(getattr(im, "text", None) or {})
-            return chunks
-    except FileNotFoundError:
-        raise UsageError(f"cannot read {path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"cannot read {path}: it is a folder") from None
-    except PermissionError:
-        raise UsageError(f"cannot read {path}: permission denied") from None
-    except UnidentifiedImageError:
-        raise UsageError(f"cannot read {path}: not an image") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        # PIL raises these for truncated files and oversized or damaged chunks.
-        raise UsageError(f"cannot read {path}: damaged image ({e})") from None
+    # Fully loaded, so text chunks written after the pixel data are in `info` too.
+    return {k: v for k, v in open_image(path).info.items() if isinstance(v, str)}
 
 
 def read_metadata(path: Path) -> dict:
