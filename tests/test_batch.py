@@ -119,7 +119,7 @@ def test_text_and_neggenbench_inputs(tmp_path):
 def test_shipped_presets_load_and_expand():
     counts = {name: len(expand(spec.load(spec.preset_path(name)))) for name in spec.preset_names()}
     assert counts["anti-aesthetic"] == 8 and counts["abstract-art"] == 4 and counts["nag-strong"] == 4
-    assert counts["neggenbench"] == 400
+    assert counts["neggenbench"] == 400 and counts["toyneg"] == 216
     art = expand(spec.load(spec.preset_path("abstract-art")))
     assert art[0].settings["negative"] == art[0].settings["prompt"] and art[3].settings["negative"] == "people"
     listed = runner.invoke(app, ["presets"])

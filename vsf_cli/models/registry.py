@@ -33,10 +33,12 @@ class ModelSpec:
     distilled: bool = False  # few-step distilled: CFG is off by design, and `--method cfg` warns
     note: str = ""
 
+    folder: str | None = None  # a model shipped inside the package (the toy)
+
     @property
     def source(self) -> str:
-        """What `from_pretrained` is given: the hub id, or the local folder (kept in `alias`)."""
-        return self.hub_id if self.hub_id is not None else self.alias
+        """What `from_pretrained` is given: the hub id, the shipped folder, or the local folder (kept in `alias`)."""
+        return self.hub_id or self.folder or self.alias
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -44,8 +46,13 @@ class ModelSpec:
         return d
 
 
-# Room is kept for a `toy` alias (an analytic test model) and for the flux/wan families.
 _SPECS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        alias="toy", family="sd3", hub_id=None, gated=False, steps=8, width=32, height=32, scale=3.5, offset=0.1,
+        guidance_scale=0.0, max_sequence_length=20, distilled=False,
+        folder=str(Path(__file__).resolve().parents[1] / "toy" / "model"),
+        note="a 32x32 SD3-architecture model trained on a procedural world, shipped in the package (docs/toy.md)",
+    ),
     ModelSpec(
         alias="sd35-large-turbo", family="sd3", hub_id="stabilityai/stable-diffusion-3.5-large-turbo", gated=True,
         steps=8, width=1024, height=1024, scale=3.5, offset=0.1, guidance_scale=0.0, max_sequence_length=256,

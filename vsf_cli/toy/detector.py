@@ -68,18 +68,18 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def _shape(component: np.ndarray) -> str | None:
-    """Class from the body's bounding box: cars are wide, towers tall, trees half-filled (triangles), houses square."""
-    area = int(component.sum())
-    if area < MIN_BODY:
+    """Class from the body's outline: cars are wide, towers tall, trees narrow to the top, houses square."""
+    if component.sum() < MIN_BODY:
         return None
-    ys, xs = np.nonzero(component)
-    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
-    fill = area / (h * w)
+    rows = component.sum(1)
+    rows = rows[rows > 0]
+    h, w = len(rows), int(component.any(0).sum())
     if w / h >= 1.6:
         return "car"
     if h / w >= 1.6:
         return "tower"
-    return "tree" if fill < 0.68 else "house"
+    third = max(1, h // 3)
+    return "tree" if rows[:third].mean() < 0.6 * rows[-third:].mean() else "house"
 
 
 def read(img: np.ndarray) -> Reading:

@@ -79,7 +79,7 @@ def encoders(seed: int):
     t5 = T5EncoderModel(T5Config(
         vocab_size=len(t5_tokenizer()), d_model=T5_WIDTH, d_kv=32, d_ff=2 * T5_WIDTH, num_layers=2, num_heads=4,
         relative_attention_num_buckets=16, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-        feed_forward_proj="gated-gelu",
+        feed_forward_proj="gated-gelu", dropout_rate=0.0,
     ))
     return clips[0], clips[1], t5
 

@@ -1,0 +1,100 @@
+"""The shipped toy model: world, judge, text path, rendering, VSF's measured effect, and a training smoke run."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from vsf_cli.toy import bench, detector, text, world
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def toy():
+    torch.set_num_threads(2)
+    return bench.load()
+
+
+def test_judge_reads_fresh_renders_exactly():
+    acc = detector.accuracy(n=400, seed=777)
+    assert acc["all"] >= 0.98, acc
+
+
+def test_benchmark_prompts_are_not_training_captions():
+    rng = random.Random(3)
+    captions = {world.sample(rng)[1] for _ in range(3000)}
+    jobs, seeds = bench.load_jobs()
+    assert jobs == bench.make_jobs() and seeds == [0, 1]  # the YAML is generated: --write-preset
+    assert len(jobs) >= 100
+    assert not captions & {j["prompt"] for j in jobs}
+    assert {j["tier"] for j in jobs} == {"attribute", "object", "part"}
+
+
+def test_every_word_is_one_token():
+    clip, t5 = text.clip_tokenizer(), text.t5_tokenizer()
+    for word in world.VOCAB:
+        assert len(clip(word, add_special_tokens=False).input_ids) == 1
+        assert len(t5(word, add_special_tokens=False).input_ids) == 1
+
+
+def test_training_encoding_is_the_pipelines(toy):
+    captions = ["a red car with wheels and a ball", "a small tower on the left"]
+    ids = text.Tokenized(toy.tokenizer, toy.tokenizer_2, toy.tokenizer_3, captions)
+    with torch.no_grad():
+        embeds, pooled = text.encode(toy.text_encoder, toy.text_encoder_2, toy.text_encoder_3, ids)
+        ref, _, ref_pooled, _ = toy.encode_prompt(captions, None, None, do_classifier_free_guidance=False, max_sequence_length=text.MAX_TOKENS)
+    assert torch.equal(embeds, ref) and torch.equal(pooled, ref_pooled)
+
+
+def test_shipped_model_is_small_and_safetensors(toy):
+    files = [p for p in bench.MODEL_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 25 * 2**20
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert not any(p.suffix in (".bin", ".pt", ".pth", ".ckpt") for p in files)
+
+
+# Full captions the model was trained on the like of; the judge must read back what each names.
+NAMED = [
+    ("a red car with wheels", {"car", "red", "wheels"}),
+    ("a blue house with a roof", {"house", "blue", "roof"}),
+    ("a green tree and a ball", {"tree", "green", "ball"}),
+    ("a yellow tower with a roof and a sun", {"tower", "yellow", "roof", "sun"}),
+    ("a purple car with wheels and a ball", {"car", "purple", "wheels", "ball"}),
+    ("a big red house with a roof on the right", {"house", "red", "roof"}),
+    ("a small blue tower on the left", {"tower", "blue"}),
+    ("a yellow tree with wheels", {"tree", "yellow", "wheels"}),
+]
+
+
+def test_model_renders_what_prompts_name(toy):
+    prompts = [p for p, _ in NAMED for _ in range(2)]
+    imgs = bench.generate(toy, prompts, ["music"] * len(prompts), list(range(len(prompts))), bench.CONFIGS["none"], steps=4)
+    assert imgs.shape == (len(prompts), world.SIZE, world.SIZE, 3) and imgs.dtype == np.uint8
+    checks = [detector.read(img).has(w) for img, (_, words) in zip(imgs, [n for n in NAMED for _ in range(2)]) for w in words]
+    assert np.mean(checks) >= 0.9, np.mean(checks)
+
+
+def _absent_rate(pipe, jobs, config):
+    records = bench.run(pipe, jobs, [0], config)
+    return np.mean([r["absent"] for r in records])
+
+
+def test_vsf_removes_what_none_draws(toy):
+    # Negatives the model draws by default: each class's usual colour, and its primary part.
+    jobs = [j for j in bench.load_jobs()[0] if j["tier"] == "part" or j["neg"] == world.TYPICAL_COLOUR[j["expect"]["object"]]]
+    none = _absent_rate(toy, jobs, bench.CONFIGS["none"])
+    vsf = _absent_rate(toy, jobs, bench.CONFIGS["vsf"])
+    assert vsf - none >= 0.3, (none, vsf)
+    assert _absent_rate(toy, jobs, bench.CONFIGS["vsf"]) == vsf  # seeded: the same images again
+
+
+def test_training_smoke(tmp_path):
+    from vsf_cli.toy import train
+
+    out = tmp_path / "toy"
+    train.main(["--out", str(out), "--steps", "2", "--vae-steps", "2", "--batch", "4", "--layers", "1", "--check", "4", "--minutes", "5"])
+    pipe = bench.load(out)
+    img = bench.generate(pipe, ["a red car"], ["wheels"], [0], bench.CONFIGS["vsf"], steps=2)
+    assert img.shape == (1, world.SIZE, world.SIZE, 3)
