@@ -42,21 +42,25 @@ def _clip_encoder(seed: int, vocab_size: int, hidden: int):
     return CLIPTextModelWithProjection(cfg).eval()
 
 
+def _t5_encoder(seed: int, vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(
+        vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )).eval()
+
+
 def build_sd3(path: Path, *, dual_attention: bool = False, seed: int = 0, sample_size: int = 16) -> Path:
     """Save a tiny random StableDiffusion3Pipeline to `path` and return it."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import T5Config, T5EncoderModel
-
     clip_tok = byte_clip_tokenizer()
     t5_tok = letter_t5_tokenizer()
     vocab = len(clip_tok)
     text_encoder = _clip_encoder(seed + 1, vocab, 16)
     text_encoder_2 = _clip_encoder(seed + 2, vocab, 16)
-    torch.manual_seed(seed + 3)
-    t5 = T5EncoderModel(T5Config(
-        vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-    )).eval()
+    t5 = _t5_encoder(seed + 3, len(t5_tok))
     torch.manual_seed(seed + 4)
     transformer = SD3Transformer2DModel(
         sample_size=sample_size, patch_size=2, in_channels=16, num_layers=3, attention_head_dim=8,
@@ -96,7 +100,7 @@ def build_sd3_lora(model: Path, folder: Path) -> Path:
 def build_flux(path: Path, *, seed: int = 0) -> Path:
     """Save a tiny random FluxPipeline (2 dual-stream + 2 single-stream blocks) to `path` and return it."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     clip_tok, t5_tok = byte_clip_tokenizer(), letter_t5_tokenizer()
     vocab = len(clip_tok)
@@ -105,11 +109,7 @@ def build_flux(path: Path, *, seed: int = 0) -> Path:
         vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
         max_position_embeddings=77, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1,
     )).eval()
-    torch.manual_seed(seed + 2)
-    t5 = T5EncoderModel(T5Config(
-        vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-    )).eval()
+    t5 = _t5_encoder(seed + 2, len(t5_tok))
     torch.manual_seed(seed + 3)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
