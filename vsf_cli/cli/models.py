@@ -19,7 +19,8 @@ def models_command(
         from vsf_cli.models.loading import is_cached
         from vsf_cli.models.registry import DEFAULT_MODEL, MODELS
 
-        rows = [{**spec.to_dict(), "cached": bool(spec.hub_id and is_cached(spec.hub_id)),
+        # A model shipped in the package counts as cached: it needs no download.
+        rows = [{**spec.to_dict(), "cached": bool(spec.folder) or bool(spec.hub_id and is_cached(spec.hub_id)),
                  "default": alias == DEFAULT_MODEL} for alias, spec in MODELS.items()]
         if as_json:
             for row in rows:
@@ -31,7 +32,7 @@ def models_command(
         for row in rows:
             alias = row["alias"] + ("*" if row["default"] else "")
             table.add_row(
-                alias, row["family"], row["hub_id"] or "-", _yes(row["gated"]), _yes(row["cached"]),
+                alias, row["family"], row["hub_id"] or ("(shipped)" if row["folder"] else "-"), _yes(row["gated"]), _yes(row["cached"]),
                 str(row["steps"]), f"{row['width']}x{row['height']}", f"{row['scale']:g}", f"{row['offset']:g}",
             )
         # stdout carries data; when piped, rich would assume 80 columns and wrap every row.
