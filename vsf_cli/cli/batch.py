@@ -7,7 +7,7 @@ import typer
 from typer.core import TyperGroup
 
 from vsf_cli.cli import app
-from vsf_cli.cli.common import console, errors_to_exit_codes
+from vsf_cli.cli.common import console, errors_to_exit_codes, warn
 from vsf_cli.errors import UsageError
 
 
@@ -74,7 +74,7 @@ def run(
         jobs = plan.expand(batch, preset=spec.preset_defaults(preset or batch.preset), env=env_layer(), flags=flags,
                            out_dir=out_dir, warn=warnings.add)
         for message in sorted(warnings):
-            console.print(f"[yellow]warning:[/] {message}")
+            warn(message)
         mine = [j for j in jobs if j.index % world == rank]
         if dry_run:
             _dry_run(jobs, mine, rank, world, as_json)

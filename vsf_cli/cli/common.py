@@ -18,6 +18,11 @@ def fail(message: str, code: int = 1) -> "typer.Exit":
     return typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    """Print one warning line on stderr."""
+    console.print(f"[yellow]warning:[/] {escape(message)}")
+
+
 @contextlib.contextmanager
 def errors_to_exit_codes(debug: bool = False):
     """Turn user-facing failures into one line and an exit code; `--debug` re-raises with a traceback."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from vsf_cli.cli import app
-from vsf_cli.cli.common import console, errors_to_exit_codes
+from vsf_cli.cli.common import console, errors_to_exit_codes, warn
 from vsf_cli.errors import UsageError
 
 DEFAULT_OUTPUT = "out/{slug}_{seed}.png"
@@ -87,7 +87,7 @@ def resolve_settings(flags: dict, from_file: Path | None, preset: str | None = N
 
     replay = stored(read_metadata(from_file)) if from_file else {}
     layers = [preset_defaults(preset), replay, env_layer(), flags]
-    settings = resolve(*layers, warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
+    settings = resolve(*layers, warn=warn)
     settings["negative"] = fill_negative(settings["negative"], settings["prompt"])
     return settings
 
