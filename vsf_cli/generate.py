@@ -32,11 +32,13 @@ class Renderer:
         if kind not in self.siblings:
             import diffusers
 
-            from vsf_cli.models.families import adapter_for
+            from vsf_cli.models.families import family_of
             from vsf_cli.models.loading import quiet_libraries
+            from vsf_cli.models.registry import PIPELINES
 
+            sibling = getattr(diffusers, PIPELINES[family_of(self.pipe)][kind])
             with quiet_libraries():
-                self.siblings[kind] = getattr(diffusers, adapter_for(self.pipe).IMAGE_PIPELINES[kind]).from_pipe(self.pipe)
+                self.siblings[kind] = sibling.from_pipe(self.pipe)
             self.siblings[kind].set_progress_bar_config(disable=True)
         size = settings["width"], settings["height"]
         inputs = {"image": fitted(settings["image"], *size, "RGB"), "strength": settings["strength"]}

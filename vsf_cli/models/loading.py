@@ -12,10 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vsf_cli.errors import GatedModelError, OfflineError, UsageError, VsfError
-from vsf_cli.models.registry import ModelSpec, looks_like_hub_id
-
-# family -> stock diffusers pipeline class; flux ("FluxPipeline") and wan ("WanPipeline") slot in here.
-FAMILY_PIPELINE: dict[str, str] = {"sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
+from vsf_cli.models.registry import PIPELINES, ModelSpec, looks_like_hub_id
 
 DTYPES = ("float16", "bfloat16", "float32")
 OFFLOADS = ("none", "model", "sequential")
@@ -121,9 +118,9 @@ def load_pipeline(
     if dtype != "auto" and dtype not in DTYPES:
         raise UsageError(f"bad --dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
     parsed = [parse_lora(s) for s in loras]
-    class_name = FAMILY_PIPELINE.get(spec.family)
-    if class_name is None:
-        raise UsageError(f"model family {spec.family} is not supported yet; supported: {', '.join(FAMILY_PIPELINE)}")
+    if spec.family not in PIPELINES:
+        raise UsageError(f"model family {spec.family} is not supported yet; supported: {', '.join(PIPELINES)}")
+    class_name = PIPELINES[spec.family]["text"]
     if offline:
         set_offline(True)
 

@@ -97,15 +97,14 @@ FAMILY_DEFAULT: dict[str, str] = {"sd3": "sd35-large-turbo", "flux": "flux-schne
 # Which pipeline argument is classifier-free guidance (Flux's `guidance_scale` is dev's distilled embedding).
 CFG_ARGUMENT: dict[str, str] = {"sd3": "guidance_scale", "flux": "true_cfg_scale"}
 
-# model_index.json `_class_name` -> family; these pipelines share the text-to-image pipeline's components.
-PIPELINE_CLASS_FAMILY: dict[str, Family] = {
-    "StableDiffusion3Pipeline": "sd3",
-    "StableDiffusion3Img2ImgPipeline": "sd3",
-    "StableDiffusion3InpaintPipeline": "sd3",
-    "FluxPipeline": "flux",
-    "FluxImg2ImgPipeline": "flux",
-    "FluxInpaintPipeline": "flux",
+# Each family's stock diffusers pipelines by task; image-to-image and inpainting share the text pipeline's components.
+PIPELINES: dict[Family, dict[str, str]] = {
+    "sd3": {"text": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
+            "inpaint": "StableDiffusion3InpaintPipeline"},
+    "flux": {"text": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"},
 }
+# model_index.json `_class_name` (or a loaded pipeline's class) -> family.
+PIPELINE_CLASS_FAMILY: dict[str, Family] = {cls: fam for fam, tasks in PIPELINES.items() for cls in tasks.values()}
 
 # Hub repo names -> family, checked as substrings of the lower-cased id.
 _HUB_NAME_FAMILY: tuple[tuple[str, Family], ...] = (("stable-diffusion-3", "sd3"), ("flux", "flux"))

@@ -1,14 +1,20 @@
 """Model-family adapters: which modules to patch, how to encode a negative, how tokens are laid out."""
 
+import importlib
+
 from vsf_cli.errors import UsageError
 
 
-def adapter_for(pipe):
-    """The family adapter for a loaded diffusers pipeline, chosen by its class."""
-    from vsf_cli.models.families import flux, sd3
+def family_of(pipe) -> str:
+    """The family name of a loaded diffusers pipeline, from its class (see registry.PIPELINES)."""
+    from vsf_cli.models.registry import PIPELINE_CLASS_FAMILY
 
     name = type(pipe).__name__
-    for family in (sd3, flux):
-        if name in family.PIPELINES:
-            return family
-    raise UsageError(f"{name} is not supported yet; supported: {', '.join(sd3.PIPELINES + flux.PIPELINES)}")
+    if name not in PIPELINE_CLASS_FAMILY:
+        raise UsageError(f"{name} is not supported yet; supported: {', '.join(PIPELINE_CLASS_FAMILY)}")
+    return PIPELINE_CLASS_FAMILY[name]
+
+
+def adapter_for(pipe):
+    """The family adapter module for a loaded diffusers pipeline."""
+    return importlib.import_module(f"vsf_cli.models.families.{family_of(pipe)}")

@@ -2,10 +2,7 @@
 
 import torch
 
-PIPELINES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
-IMAGE_PIPELINES = {"img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"}
 text_kwarg = "encoder_hidden_states"
-cfg_argument = "true_cfg_scale"  # Flux's `guidance_scale` feeds dev's distilled guidance embedding, not CFG
 T5_MAX_TOKENS = 512
 
 

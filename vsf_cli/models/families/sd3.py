@@ -5,10 +5,7 @@ import torch.nn.functional as F
 
 from vsf_cli.errors import UsageError
 
-PIPELINES = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline")
-IMAGE_PIPELINES = {"img2img": "StableDiffusion3Img2ImgPipeline", "inpaint": "StableDiffusion3InpaintPipeline"}
 text_kwarg = "encoder_hidden_states"
-cfg_argument = "guidance_scale"  # the pipeline's own CFG scale
 T5_MAX_TOKENS = 256  # the pipelines' default max_sequence_length for the positive
 
 
