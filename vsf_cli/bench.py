@@ -24,26 +24,15 @@ POSITIVE_TOKENS = 77 + 256
 
 
 def _kernels(method: str):
-    """(kernel, install_joint options) for the methods that patch joint attention."""
-    from vsf_cli.guidance.attention import contrast_joint, vsf_joint
-    from vsf_cli.guidance.nag import nag_combine
+    """(kernel, install_joint options) for the methods that patch joint attention, at their defaults."""
+    from vsf_cli import guidance
     from vsf_cli.guidance.oracle import vsf_joint_dense
 
-    def nag(image, positive, negative, negative_mask=None):
-        z_pos, pos_out, z_neg, neg_out = contrast_joint(image, positive, negative, negative_mask=negative_mask)
-        return nag_combine(z_pos, z_neg, 4.0, 2.5, 0.125), pos_out, neg_out
-
-    def nasa(image, positive, negative, negative_mask=None):
-        z_pos, pos_out, z_neg, neg_out = contrast_joint(image, positive, negative, negative_mask=negative_mask)
-        return z_pos - 0.22 * z_neg, pos_out, neg_out
-
-    return {
-        "vsf": (partial(vsf_joint, scale=3.5, offset=0.1), {}),
-        "vsf-dense": (partial(vsf_joint_dense, scale=3.5, offset=0.1, exact=False), {}),
-        "vsf-compat": (partial(vsf_joint, scale=3.5, offset=0.1), {"reference_layout": True}),
-        "nag": (nag, {"padded": True}),
-        "nasa": (nasa, {"padded": True}),
-    }[method]
+    if method == "vsf-dense":  # the seed code's way: one SDPA with a dense float mask
+        vsf = guidance.create("vsf")
+        return partial(vsf_joint_dense, scale=vsf.scale, offset=vsf.offset, exact=False), {}
+    guide = guidance.create("vsf", compat="reference") if method == "vsf-compat" else guidance.create(method)
+    return guide.kernel(), guide.joint_options()
 
 
 def run(model: str = "sd35-large", *, blocks: int | None = None, size: int = 1024, neg_tokens: int = 8,

@@ -3,7 +3,7 @@
 import torch
 from pydantic import Field
 
-from vsf_cli.guidance.base import Method
+from vsf_cli.guidance.base import JointMethod
 
 
 def nag_combine(z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float, tau: float, alpha: float) -> torch.Tensor:
@@ -20,26 +20,26 @@ def nag_combine(z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float, tau: flo
     return alpha * guided + (1 - alpha) * z_pos
 
 
-class NAG(Method):
+class NAG(JointMethod):
     """NAG as its authors ship it for SD3: a padded negative, image attention computed against each prompt."""
 
-    cost = "image attention twice"
     nag_scale: float = Field(4.0, ge=1.0, le=20.0, description="extrapolation s; 1 = off")
     nag_tau: float = Field(2.5, ge=1.0, le=20.0, description="cap on the L1-norm ratio of guided to positive")
     nag_alpha: float = Field(0.125, ge=0.0, le=1.0, description="blend of the guided output into the positive one")
     nag_end: float = Field(1.0, ge=0.0, le=1.0, description="fraction of the denoising (by timestep) it is active")
 
-    def install(self, pipe, negatives: list[str]):
+    def kernel(self):
         from vsf_cli.guidance.attention import contrast_joint
-        from vsf_cli.guidance.joint import install_joint
-        from vsf_cli.models.families import adapter_for
 
         def kernel(image, positive, negative, negative_mask=None):
             z_pos, pos_out, z_neg, neg_out = contrast_joint(image, positive, negative, negative_mask=negative_mask)
             return nag_combine(z_pos, z_neg, self.nag_scale, self.nag_tau, self.nag_alpha), pos_out, neg_out
 
+        return kernel
+
+    def joint_options(self) -> dict:
         # NAG's pipelines stop guiding once t < (1 - nag_end) * 1000.
         def active(kwargs) -> bool:
             return float(kwargs["timestep"].flatten()[0]) >= (1 - self.nag_end) * 1000
 
-        return install_joint(pipe, adapter_for(pipe), negatives, kernel, padded=True, active=active)
+        return {"padded": True, "active": active}

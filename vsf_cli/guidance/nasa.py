@@ -2,22 +2,22 @@
 
 from pydantic import Field
 
-from vsf_cli.guidance.base import Method
+from vsf_cli.guidance.base import JointMethod
 
 
-class NASA(Method):
+class NASA(JointMethod):
     """NASA as the VSF authors reimplemented it: NAG's SD3 layout with a plain subtraction (METHOD.md §6)."""
 
-    cost = "image attention twice"
     nasa_scale: float = Field(0.22, ge=0.0, le=5.0, description="subtraction scale s; 0 = off")
 
-    def install(self, pipe, negatives: list[str]):
+    def kernel(self):
         from vsf_cli.guidance.attention import contrast_joint
-        from vsf_cli.guidance.joint import install_joint
-        from vsf_cli.models.families import adapter_for
 
         def kernel(image, positive, negative, negative_mask=None):
             z_pos, pos_out, z_neg, neg_out = contrast_joint(image, positive, negative, negative_mask=negative_mask)
             return z_pos - self.nasa_scale * z_neg, pos_out, neg_out
 
-        return install_joint(pipe, adapter_for(pipe), negatives, kernel, padded=True)
+        return kernel
+
+    def joint_options(self) -> dict:
+        return {"padded": True}

@@ -4,10 +4,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from vsf_cli.guidance.base import Method
+from vsf_cli.guidance.base import JointMethod
 
 
-class VSF(Method):
+class VSF(JointMethod):
     """VSF with the paper's layout (collector N0 in the stream, flipped K/V-only copy N1 read by image tokens)."""
 
     scale: float = Field(3.5, ge=0.0, le=20.0, description="flip scale alpha: negative values are multiplied by -scale")
@@ -16,12 +16,12 @@ class VSF(Method):
         "paper", description="'reference' reproduces the seed code's [P, Na, Nb] stream, which the paper's numbers used"
     )
 
-    def install(self, pipe, negatives: list[str]):
+    def kernel(self):
         from functools import partial
 
         from vsf_cli.guidance.attention import vsf_joint
-        from vsf_cli.guidance.joint import install_joint
-        from vsf_cli.models.families import adapter_for
 
-        kernel = partial(vsf_joint, scale=self.scale, offset=self.offset)
-        return install_joint(pipe, adapter_for(pipe), negatives, kernel, reference_layout=self.compat == "reference")
+        return partial(vsf_joint, scale=self.scale, offset=self.offset)
+
+    def joint_options(self) -> dict:
+        return {"reference_layout": self.compat == "reference"}
