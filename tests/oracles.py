@@ -127,3 +127,55 @@ def run_with_oracle(pipe, processor, extra_tokens, **call):
     finally:
         handle.remove()
         pipe.transformer.set_attn_processor(original)
+
+
+def hooks_left(transformer) -> bool:
+    """Whether guidance left any torch or diffusers hook on the transformer."""
+    registry = getattr(transformer, "_diffusers_hook", None)
+    return bool(transformer._forward_pre_hooks) or bool(registry and registry.hooks)
+
+
+class DenseCross:
+    """Wan cross-attention written out in full, in float64: the context's last `n_neg` tokens are the negative.
+
+    method "vsf": one softmax over the whole context with a dense bias (-offset on negative columns) and the
+    negative's values multiplied by -scale. "nag"/"nasa": one softmax per prompt, then NAG's formula or Z+ - s Z-.
+    `image_tokens` > 0: that many image-context tokens lead the context (I2V) and are attended separately.
+    """
+
+    def __init__(self, n_neg, method="vsf", image_tokens=0, **params):
+        self.n_neg, self.method, self.image_tokens, self.params = n_neg, method, image_tokens, params
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        b, h = hidden_states.shape[0], attn.heads
+
+        def split(t):
+            return t.view(b, t.shape[1], h, -1).transpose(1, 2).double()
+
+        image_ctx = encoder_hidden_states[:, : self.image_tokens]
+        text = encoder_hidden_states[:, self.image_tokens:]
+        q = split(attn.norm_q(attn.to_q(hidden_states)))
+        k, v = split(attn.norm_k(attn.to_k(text))), split(attn.to_v(text))
+        n_pos = text.shape[1] - self.n_neg
+        if self.method == "vsf":
+            bias = torch.zeros(text.shape[1], dtype=torch.float64)
+            bias[n_pos:] = -self.params["offset"]
+            flip = torch.ones(text.shape[1], 1, dtype=torch.float64)
+            flip[n_pos:] = -self.params["scale"]
+            out = softmax_attention(q, k, v * flip, bias)
+        else:
+            z_pos = softmax_attention(q, k[:, :, :n_pos], v[:, :, :n_pos])
+            z_neg = softmax_attention(q, k[:, :, n_pos:], v[:, :, n_pos:])
+            if self.method == "nasa":
+                out = z_pos - self.params["nasa_scale"] * z_neg
+            else:
+                s, tau, a = self.params["nag_scale"], self.params["nag_tau"], self.params["nag_alpha"]
+                guided = s * z_pos - (s - 1) * z_neg
+                ratio = guided.abs().sum((1, 3), keepdim=True) / z_pos.abs().sum((1, 3), keepdim=True)
+                guided = guided * ratio.clamp(max=tau) / ratio
+                out = a * guided + (1 - a) * z_pos
+        if self.image_tokens:
+            k_img = split(attn.norm_added_k(attn.add_k_proj(image_ctx)))
+            out = out + softmax_attention(q, k_img, split(attn.add_v_proj(image_ctx)))
+        out = out.float().transpose(1, 2).reshape(b, -1, h * q.shape[-1])
+        return attn.to_out[1](attn.to_out[0](out))

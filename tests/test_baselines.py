@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from oracles import ContrastOracle, generate, run_with_oracle
+from oracles import ContrastOracle, generate, hooks_left, run_with_oracle
 from vsf_cli import guidance
 from vsf_cli.cli import app
 from vsf_cli.errors import UsageError
@@ -69,7 +69,7 @@ def test_leaving_restores_bit_exactly(sd3, method):
     with guidance.apply(sd3, method, negative="wheels") as extra:
         generate(sd3, **extra)
     assert torch.equal(generate(sd3), before)
-    assert sd3.transformer.attn_processors == processors and not sd3.transformer._forward_pre_hooks
+    assert sd3.transformer.attn_processors == processors and not hooks_left(sd3.transformer)
 
 
 def test_nag_end_switches_guidance_off_late_in_sampling(sd3):

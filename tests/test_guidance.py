@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import load
-from oracles import DenseVSF, generate, run_with_oracle
+from oracles import DenseVSF, generate, hooks_left, run_with_oracle
 from vsf_cli import guidance
 from vsf_cli.errors import UsageError
 from vsf_cli.guidance.attention import attention_lse, small_attention_lse, vsf_joint
@@ -114,7 +114,7 @@ def test_leaving_restores_bit_exactly(fixture, request):
         generate(pipe)
     assert torch.equal(generate(pipe), before)
     assert pipe.transformer.attn_processors == processors
-    assert not pipe.transformer._forward_pre_hooks
+    assert not hooks_left(pipe.transformer)
 
 
 def test_restores_after_an_error_inside_the_block(sd3):

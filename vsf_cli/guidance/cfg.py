@@ -11,7 +11,7 @@ class CFG(Method):
     cfg_scale: float = Field(4.5, gt=1.0, le=30.0, description="guidance scale w (> 1)")
 
     def install(self, pipe, negatives: list[str]):
-        from vsf_cli.guidance.joint import Installation
+        from vsf_cli.guidance.install import Installation
 
         return Installation()  # nothing to patch: the pipeline does CFG itself
 

@@ -5,27 +5,9 @@ from collections.abc import Callable
 import torch
 
 from vsf_cli.errors import UsageError
+from vsf_cli.guidance.install import Installation, pad_negatives
 
 JointKernel = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-class Installation:
-    """Removable changes to a pipeline: forward hooks and attention-processor swaps, undone in reverse order."""
-
-    def __init__(self) -> None:
-        self._undo: list[Callable[[], None]] = []
-
-    def hook(self, handle) -> None:
-        self._undo.append(handle.remove)
-
-    def swap_processor(self, attn: torch.nn.Module, processor) -> None:
-        original = attn.processor
-        attn.set_processor(processor)
-        self._undo.append(lambda: attn.set_processor(original))
-
-    def remove(self) -> None:
-        while self._undo:
-            self._undo.pop()()
 
 
 class JointState:
@@ -47,23 +29,6 @@ class JointState:
         return image_out, torch.cat([positive_out, negative_out], dim=2)
 
 
-def pad_negatives(embeds: list[torch.Tensor], batch: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Stack per-prompt negative embeddings (1, n_i, C) into (batch, max n, C) plus a key mask (None if all equal).
-
-    Prompts are repeated by the pipeline (`num_images_per_prompt`), so negatives are repeated the same way.
-    """
-    if batch % len(embeds):
-        raise UsageError(f"{len(embeds)} negative prompts do not divide a batch of {batch} prompts")
-    embeds = [e for e in embeds for _ in range(batch // len(embeds))]
-    longest = max(e.shape[1] for e in embeds)
-    tokens = torch.zeros(batch, longest, embeds[0].shape[-1], device=device, dtype=dtype)
-    mask = torch.zeros(batch, longest, dtype=torch.bool, device=device)
-    for i, e in enumerate(embeds):
-        tokens[i, : e.shape[1]] = e[0].to(device=device, dtype=dtype)
-        mask[i, : e.shape[1]] = True
-    return tokens, (None if bool(mask.all()) else mask)
-
-
 def install_joint(
     pipe,
     family,
@@ -79,18 +44,19 @@ def install_joint(
     `padded` encodes the negative like a positive (NAG and NASA do; VSF must not, or padding gets flipped too).
     `reference_layout` reproduces the seed code's stream [P, Na, Nb] (METHOD.md §2.3): Na then acts as part of
     the positive, and Nb is the collector whose flipped copy the image reads.
-    `active(transformer_kwargs)` may switch guidance off for a call; the stock processors then run.
+    `active(transformer_kwargs)` may switch guidance off for a call; the stock processors then run, as they do on a
+    classifier-free-guidance unconditional pass.
     """
     embeds = [family.encode_negative(pipe, text, padded=padded) for text in negatives]
     state = JointState(kernel)
     installed = Installation()
     stacked: dict[tuple, tuple] = {}  # per (batch, device, dtype): built once, not on every step
 
-    def append_negative(module, args, kwargs):
+    def append_negative(kwargs: dict, guided: bool) -> dict:
         family.check_call(pipe)
-        state.active = active is None or active(kwargs)
+        state.active = guided and (active is None or active(kwargs))
         if not state.active:
-            return args, kwargs
+            return kwargs
         name = family.text_kwarg
         positive = kwargs[name]
         key = (positive.shape[0], positive.device, positive.dtype)
@@ -104,10 +70,10 @@ def install_joint(
         state.n_text = state.n_positive + tokens.shape[1]
         state.negative_mask = mask
         added = state.n_text - positive.shape[1]
-        return args, family.extend_kwargs({**kwargs, name: torch.cat(stream, dim=1)}, added)
+        return family.extend_kwargs({**kwargs, name: torch.cat(stream, dim=1)}, added)
 
     try:
-        installed.hook(pipe.transformer.register_forward_pre_hook(append_negative, with_kwargs=True))
+        installed.before_call(pipe.transformer, append_negative)
         for attn in family.joint_attentions(pipe.transformer):
             installed.swap_processor(attn, family.JointProcessor(state, attn.processor))
     except BaseException:

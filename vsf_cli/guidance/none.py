@@ -11,6 +11,6 @@ class NoGuidance(Method):
     needs_negative: ClassVar[bool] = False
 
     def install(self, pipe, negatives: list[str]):
-        from vsf_cli.guidance.joint import Installation
+        from vsf_cli.guidance.install import Installation
 
         return Installation()
