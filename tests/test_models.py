@@ -92,7 +92,7 @@ def test_resolve_local_folder_img2img_class(tmp_path):
 
 @pytest.mark.parametrize("content,needle", [
     (None, "model_index.json"),
-    ('{"_class_name": "WanPipeline"}', "supported families: sd3, flux"),
+    ('{"_class_name": "CogVideoXPipeline"}', "supported families: sd3, flux, wan"),
     ("not json", "cannot read"),
 ])
 def test_resolve_bad_local_folder(tmp_path, content, needle):
@@ -168,7 +168,7 @@ def test_load_cuda_without_cuda_is_usage_error(tiny_sd3):
 def test_unsupported_family_is_usage_error(tiny_sd3):
     import dataclasses
 
-    spec = dataclasses.replace(resolve(str(tiny_sd3)), family="wan")
+    spec = dataclasses.replace(resolve(str(tiny_sd3)), family="cogvideo")
     with pytest.raises(UsageError, match="not supported yet"):
         load_pipeline(spec)
 

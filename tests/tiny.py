@@ -126,3 +126,29 @@ def build_flux(path: Path, *, seed: int = 0) -> Path:
                         text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5, tokenizer_2=t5_tok)
     pipe.save_pretrained(path)
     return Path(path)
+
+
+def build_wan(path: Path, *, seed: int = 0) -> Path:
+    """Save a tiny random WanPipeline (2 blocks, UMT5 text encoder, 3-channel Wan VAE) to `path` and return it."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    t5_tok = letter_t5_tokenizer()
+    torch.manual_seed(seed + 1)
+    umt5 = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )).eval()
+    torch.manual_seed(seed + 2)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    pipe = WanPipeline(tokenizer=t5_tok, text_encoder=umt5, transformer=transformer, vae=vae, scheduler=scheduler)
+    pipe.save_pretrained(path)
+    return Path(path)

@@ -32,7 +32,7 @@ def _kernels(method: str):
         vsf = guidance.create("vsf")
         return partial(vsf_joint_dense, scale=vsf.scale, offset=vsf.offset, exact=False), {}
     guide = guidance.create("vsf", compat="reference") if method == "vsf-compat" else guidance.create(method)
-    return guide.kernel(), guide.joint_options()
+    return guide.kernel(), guide.options()
 
 
 def run(model: str = "sd35-large", *, blocks: int | None = None, size: int = 1024, neg_tokens: int = 8,

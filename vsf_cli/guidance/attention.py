@@ -1,4 +1,4 @@
-"""Fast attention math per attention kind: SDPA with log-sum-exp, partition merges, and the VSF joint kernel."""
+"""Fast attention math per attention kind: SDPA with log-sum-exp, partition merges, and the VSF / contrast kernels."""
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,53 @@ def merge(part_a: tuple[torch.Tensor, torch.Tensor], part_b: tuple[torch.Tensor,
     return torch.lerp(out_a.float(), out_b.float(), share_b).to(out_a.dtype)
 
 
+def with_flipped(
+    attended: tuple[torch.Tensor, torch.Tensor],
+    q: torch.Tensor,
+    k_n: torch.Tensor,
+    v_n: torch.Tensor,
+    scale: float,
+    offset: float,
+    negative_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Merge the negative's keys, with values times -scale and logits minus offset, into an attention result.
+
+    `attended` is (output, log-sum-exp) of the queries `q` over their other keys; an infinite offset leaves it as is.
+    """
+    if offset == float("inf"):
+        return attended[0]
+    return merge(attended, small_attention_lse(q, k_n, v_n * -scale, bias=-offset, key_mask=negative_mask))
+
+
+def vsf_cross(
+    query: torch.Tensor,
+    positive: tuple[torch.Tensor, torch.Tensor],
+    negative: tuple[torch.Tensor, torch.Tensor],
+    *,
+    scale: float,
+    offset: float,
+    negative_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """VSF in cross-attention (Wan `attn2`): one softmax over the context [positive + padding, negative] in which
+    the negative's values are multiplied by -scale and its logits get -offset (METHOD.md §4).
+
+    The positive keys go through one unmasked fused attention; the few negative keys are merged by log-sum-exp.
+    """
+    return with_flipped(attention_lse(query, *positive), query, *negative, scale, offset, negative_mask)
+
+
+def contrast_cross(
+    query: torch.Tensor,
+    positive: tuple[torch.Tensor, torch.Tensor],
+    negative: tuple[torch.Tensor, torch.Tensor],
+    *,
+    negative_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-attention against each prompt separately, (Z+, Z-), as NAG runs it on Wan."""
+    mask = None if negative_mask is None else negative_mask[:, None, None, :]
+    return F.scaled_dot_product_attention(query, *positive), F.scaled_dot_product_attention(query, *negative, attn_mask=mask)
+
+
 def vsf_joint(
     image: Group,
     positive: Group,
@@ -84,15 +131,9 @@ def vsf_joint(
     q_n, k_n, v_n = negative
     n_i = q_i.shape[2]
     out, lse = attention_lse(torch.cat([q_i, q_p], dim=2), torch.cat([k_i, k_p], dim=2), torch.cat([v_i, v_p], dim=2))
-    out_i = out[:, :, :n_i], lse[:, :, :n_i]
-    if offset == float("inf"):
-        image_out = out_i[0]
-    else:
-        flipped = small_attention_lse(q_i, k_n, v_n * -scale, bias=-offset, key_mask=negative_mask)
-        image_out = merge(out_i, flipped)
+    image_out = with_flipped((out[:, :, :n_i], lse[:, :, :n_i]), q_i, k_n, v_n, scale, offset, negative_mask)
     collector = merge(attention_lse(q_n, k_i, v_i), small_attention_lse(q_n, k_n, v_n, key_mask=negative_mask))
     return image_out, out[:, :, n_i:], collector
-
 
 
 def contrast_joint(

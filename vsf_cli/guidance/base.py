@@ -20,19 +20,32 @@ class Method(BaseModel):
         return {}
 
 
-class JointMethod(Method):
-    """A method that runs in joint attention: a kernel over (image, positive, negative) groups plus layout options."""
+class AttentionMethod(Method):
+    """A method that runs inside attention: a kernel per attention kind plus layout options.
+
+    Joint attention (SD3, Flux) and cross-attention (Wan) get different kernels; the family adapter says which.
+    """
 
     def kernel(self):
-        """The attention kernel, `kernel(image, positive, negative, negative_mask=None) -> three outputs`."""
+        """The joint-attention kernel, `kernel(image, positive, negative, negative_mask=None) -> three outputs`."""
         raise NotImplementedError
 
-    def joint_options(self) -> dict:
-        """Keyword arguments for `install_joint` (negative padding, stream layout, per-call activity)."""
+    def cross_kernel(self):
+        """The cross-attention kernel, `kernel(query, positive, negative, negative_mask=None) -> output`."""
+        raise NotImplementedError
+
+    def options(self) -> dict:
+        """Keyword arguments for the install (negative padding, stream layout, per-call activity)."""
         return {}
 
     def install(self, pipe, negatives: list[str]):
-        from vsf_cli.guidance.joint import install_joint
         from vsf_cli.models.families import adapter_for
 
-        return install_joint(pipe, adapter_for(pipe), negatives, self.kernel(), **self.joint_options())
+        family = adapter_for(pipe)
+        if family.attention == "cross":
+            from vsf_cli.guidance.cross import install_cross
+
+            return install_cross(pipe, family, negatives, self.cross_kernel(), **self.options())
+        from vsf_cli.guidance.joint import install_joint
+
+        return install_joint(pipe, family, negatives, self.kernel(), **self.options())

@@ -3,7 +3,7 @@
 import torch
 from pydantic import Field
 
-from vsf_cli.guidance.base import JointMethod
+from vsf_cli.guidance.base import AttentionMethod
 
 
 def nag_combine(z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float, tau: float, alpha: float) -> torch.Tensor:
@@ -20,7 +20,7 @@ def nag_combine(z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float, tau: flo
     return alpha * guided + (1 - alpha) * z_pos
 
 
-class NAG(JointMethod):
+class NAG(AttentionMethod):
     """NAG as its authors ship it for SD3: a padded negative, image attention computed against each prompt."""
 
     nag_scale: float = Field(4.0, ge=1.0, le=20.0, description="extrapolation s; 1 = off")
@@ -37,7 +37,16 @@ class NAG(JointMethod):
 
         return kernel
 
-    def joint_options(self) -> dict:
+    def cross_kernel(self):
+        from vsf_cli.guidance.attention import contrast_cross
+
+        def kernel(query, positive, negative, negative_mask=None):
+            z_pos, z_neg = contrast_cross(query, positive, negative, negative_mask=negative_mask)
+            return nag_combine(z_pos, z_neg, self.nag_scale, self.nag_tau, self.nag_alpha)
+
+        return kernel
+
+    def options(self) -> dict:
         # NAG's pipelines stop guiding once t < (1 - nag_end) * 1000.
         def active(kwargs) -> bool:
             return float(kwargs["timestep"].flatten()[0]) >= (1 - self.nag_end) * 1000

@@ -2,10 +2,10 @@
 
 from pydantic import Field
 
-from vsf_cli.guidance.base import JointMethod
+from vsf_cli.guidance.base import AttentionMethod
 
 
-class NASA(JointMethod):
+class NASA(AttentionMethod):
     """NASA as the VSF authors reimplemented it: NAG's SD3 layout with a plain subtraction (METHOD.md §6)."""
 
     nasa_scale: float = Field(0.22, ge=0.0, le=5.0, description="subtraction scale s; 0 = off")
@@ -19,5 +19,14 @@ class NASA(JointMethod):
 
         return kernel
 
-    def joint_options(self) -> dict:
+    def cross_kernel(self):
+        from vsf_cli.guidance.attention import contrast_cross
+
+        def kernel(query, positive, negative, negative_mask=None):
+            z_pos, z_neg = contrast_cross(query, positive, negative, negative_mask=negative_mask)
+            return z_pos - self.nasa_scale * z_neg
+
+        return kernel
+
+    def options(self) -> dict:
         return {"padded": True}

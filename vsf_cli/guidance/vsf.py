@@ -4,10 +4,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from vsf_cli.guidance.base import JointMethod
+from vsf_cli.guidance.base import AttentionMethod
 
 
-class VSF(JointMethod):
+class VSF(AttentionMethod):
     """VSF with the paper's layout (collector N0 in the stream, flipped K/V-only copy N1 read by image tokens)."""
 
     scale: float = Field(3.5, ge=0.0, le=20.0, description="flip scale alpha: negative values are multiplied by -scale")
@@ -23,5 +23,12 @@ class VSF(JointMethod):
 
         return partial(vsf_joint, scale=self.scale, offset=self.offset)
 
-    def joint_options(self) -> dict:
+    def cross_kernel(self):
+        from functools import partial
+
+        from vsf_cli.guidance.attention import vsf_cross
+
+        return partial(vsf_cross, scale=self.scale, offset=self.offset)
+
+    def options(self) -> dict:
         return {"reference_layout": self.compat == "reference"}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vsf_cli.errors import GatedModelError, OfflineError, UsageError, VsfError
-from vsf_cli.models.registry import PIPELINES, ModelSpec, looks_like_hub_id
+from vsf_cli.models.registry import PIPELINES, VIDEO_FAMILIES, ModelSpec, looks_like_hub_id
 
 DTYPES = ("float16", "bfloat16", "float32")
 OFFLOADS = ("none", "model", "sequential")
@@ -145,6 +145,10 @@ def load_pipeline(
                 raise
             raise mapped from e
         pipe.set_progress_bar_config(disable=True)
+        if spec.flow_shift is not None:  # the scheduler shift the video model's distill LoRA was made for
+            pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, flow_shift=spec.flow_shift)
+        if spec.family in VIDEO_FAMILIES:
+            pipe.vae.to(dtype=torch.float32)  # Wan's VAE is meant to decode in float32 (diffusers' Wan docs)
         if parsed:
             add_loras(pipe, parsed, offline=offline)
     place(pipe, device, offload)

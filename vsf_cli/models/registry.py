@@ -32,6 +32,12 @@ class ModelSpec:
     loras: tuple[str, ...] = ()
     distilled: bool = False  # few-step distilled: CFG is off by design, and `--method cfg` warns
     note: str = ""
+    # Video models only (None for image models): frame count (4k+1), playback rate, frames dropped from the start,
+    # and the UniPC scheduler's flow shift.
+    frames: int | None = None
+    fps: int | None = None
+    trim_start: int | None = None
+    flow_shift: float | None = None
 
     folder: str | None = None  # a model shipped inside the package (the toy)
 
@@ -87,27 +93,52 @@ _SPECS: tuple[ModelSpec, ...] = (
         distilled=True, note="guidance-distilled: guidance_scale 3.5 feeds its guidance embedding (not CFG); "
         "the authors report it follows negatives less well than schnell",
     ),
+    # Wan 2.1 text-to-video with a distill LoRA (METHOD.md §4-5). Our offset is subtracted: the seed code's bias of
+    # -0.2 (its README) is offset 0.2 here, which damps the negative outside the region it targets.
+    ModelSpec(
+        alias="wan-1.3b", family="wan", hub_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", gated=False, steps=8,
+        width=832, height=480, scale=1.5, offset=0.2, guidance_scale=1.0, max_sequence_length=512,
+        loras=("Kijai/WanVideo_comfy/Wan21_CausVid_bidirect2_T2V_1_3B_lora_rank32.safetensors:0.5",),
+        distilled=True, frames=81, fps=16, trim_start=5, flow_shift=3.0,
+        note="with the CausVid LoRA (CC BY-NC 4.0: non-commercial) at 0.5, UniPC flow shift 3, as the VSF authors "
+        "ran it; the first 5 frames, which start high-contrast, are dropped",
+    ),
+    ModelSpec(
+        alias="wan-14b", family="wan", hub_id="Wan-AI/Wan2.1-T2V-14B-Diffusers", gated=False, steps=6,
+        width=832, height=480, scale=1.0, offset=0.3, guidance_scale=1.0, max_sequence_length=512,
+        loras=("Kijai/WanVideo_comfy/Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank32.safetensors:0.4",),
+        distilled=True, frames=81, fps=16, trim_start=0, flow_shift=3.0,
+        note="with the lightx2v step/CFG-distill LoRA at 0.4, 6 steps, bias -0.3 as the VSF authors' script; "
+        "their alpha was 0.1 x prompt/negative token ratio, 1.0 here is untested",
+    ),
 )
 
 MODELS: dict[str, ModelSpec] = {s.alias: s for s in _SPECS}
 DEFAULT_MODEL = "sd35-large-turbo"
 
 # A folder or hub id outside the table takes the numbers of its family's default entry.
-FAMILY_DEFAULT: dict[str, str] = {"sd3": "sd35-large-turbo", "flux": "flux-schnell"}
+FAMILY_DEFAULT: dict[str, str] = {"sd3": "sd35-large-turbo", "flux": "flux-schnell", "wan": "wan-1.3b"}
+ALIASES: dict[str, str] = {"wan": "wan-1.3b"}  # short names that `--model` also takes
 # Which pipeline argument is classifier-free guidance (Flux's `guidance_scale` is dev's distilled embedding).
-CFG_ARGUMENT: dict[str, str] = {"sd3": "guidance_scale", "flux": "true_cfg_scale"}
+CFG_ARGUMENT: dict[str, str] = {"sd3": "guidance_scale", "flux": "true_cfg_scale", "wan": "guidance_scale"}
+# Families whose pipeline runs the CFG passes as separate forwards; guidance then applies to the conditional one only
+# (SD3 batches both passes into one forward, so there VSF and CFG exclude each other).
+CFG_SEPARATE_PASSES: frozenset[str] = frozenset({"flux", "wan"})
+VIDEO_FAMILIES: frozenset[str] = frozenset({"wan"})
 
 # Each family's stock diffusers pipelines by task; image-to-image and inpainting share the text pipeline's components.
 PIPELINES: dict[Family, dict[str, str]] = {
     "sd3": {"text": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
             "inpaint": "StableDiffusion3InpaintPipeline"},
     "flux": {"text": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"},
+    # Image-to-video is guided through the Python API only; `vsf video` does not load it yet.
+    "wan": {"text": "WanPipeline", "img2video": "WanImageToVideoPipeline"},
 }
 # model_index.json `_class_name` (or a loaded pipeline's class) -> family.
 PIPELINE_CLASS_FAMILY: dict[str, Family] = {cls: fam for fam, tasks in PIPELINES.items() for cls in tasks.values()}
 
 # Hub repo names -> family, checked as substrings of the lower-cased id.
-_HUB_NAME_FAMILY: tuple[tuple[str, Family], ...] = (("stable-diffusion-3", "sd3"), ("flux", "flux"))
+_HUB_NAME_FAMILY: tuple[tuple[str, Family], ...] = (("stable-diffusion-3", "sd3"), ("flux", "flux"), ("wan2.1-t2v", "wan"))
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -126,8 +157,8 @@ def resolve(name: str) -> ModelSpec:
     name = name.strip()
     if not name:
         raise UsageError(f"empty model name; known: {', '.join(MODELS)}")
-    if name.lower() in MODELS:
-        return MODELS[name.lower()]
+    if name.lower() in MODELS or name.lower() in ALIASES:
+        return MODELS[ALIASES.get(name.lower(), name.lower())]
     path = Path(name).expanduser()
     if path.is_dir():
         return _from_folder(path)
@@ -140,7 +171,9 @@ def resolve(name: str) -> ModelSpec:
 
 def _family_defaults(family: Family, **fields) -> ModelSpec:
     base = MODELS[FAMILY_DEFAULT[family]]
-    return dataclasses.replace(base, family=family, gated=False, loras=(), distilled=False, **fields)
+    # Without the table's distill LoRA there is no high-contrast start to trim.
+    trim = {"trim_start": 0} if base.trim_start else {}
+    return dataclasses.replace(base, family=family, gated=False, loras=(), distilled=False, **trim, **fields)
 
 
 def _from_folder(path: Path) -> ModelSpec:
@@ -152,6 +185,9 @@ def _from_folder(path: Path) -> ModelSpec:
     except (OSError, ValueError, AttributeError) as e:
         raise UsageError(f"cannot read {index}: {e}") from None
     family = PIPELINE_CLASS_FAMILY.get(class_name) if isinstance(class_name, str) else None
+    if family is not None and class_name != PIPELINES[family]["text"] and "video" in PIPELINES[family]:
+        raise UsageError(f"{path} holds a {class_name}; `vsf video` makes text-to-video only (the Python API "
+                         "`vsf_cli.guidance.apply` guides image-to-video pipelines)")
     if family is None:
         raise UsageError(
             f"{path} holds a {class_name} pipeline; supported families: {', '.join(FAMILY_DEFAULT)} "

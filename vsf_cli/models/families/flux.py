@@ -2,6 +2,7 @@
 
 import torch
 
+attention = "joint"
 text_kwarg = "encoder_hidden_states"
 T5_MAX_TOKENS = 512
 

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from vsf_cli.errors import UsageError
 
+attention = "joint"
 text_kwarg = "encoder_hidden_states"
 T5_MAX_TOKENS = 256  # the pipelines' default max_sequence_length for the positive
 
