@@ -1,4 +1,5 @@
-"""Load a model once and render settings dicts to PNG files with metadata: what `gen` and `batch` share."""
+"""Load a model once and render settings dicts to PNG or video files with metadata: what `gen`, `video` and `batch`
+share."""
 
 import time
 from collections.abc import Callable
@@ -16,8 +17,10 @@ class Renderer:
 
         set_offline(offline)  # before diffusers is imported
         self.load_settings = {k: settings[k] for k in LOAD_KEYS}
-        self.pipe = load_pipeline(resolve(settings["model"]), dtype=settings["dtype"], device=settings["device"],
+        spec = resolve(settings["model"])
+        self.pipe = load_pipeline(spec, dtype=settings["dtype"], device=settings["device"],
                                   offload=settings["offload"], loras=settings["lora"], offline=offline)
+        self.video = spec.frames is not None
         device = resolve_device(settings["device"])
         self.resolved = {"device": device, "dtype": resolve_dtype(settings["dtype"], device)}
         self.siblings: dict = {}
@@ -62,18 +65,30 @@ class Renderer:
 
         params = {k: settings[k] for k in guidance.parameters(settings["method"])}
         pipe, inputs = self._pipeline_for(settings)
+        if self.video:
+            inputs = {"num_frames": settings["frames"], "output_type": "np"}
+            if settings["vae_tiling"]:
+                pipe.vae.enable_tiling()
+            else:
+                pipe.vae.disable_tiling()
         started = time.perf_counter()
         if settings["image"] and settings["strength"] == 0:
-            image = inputs["image"]  # nothing is repainted: the input, at the output size
+            output = inputs["image"]  # nothing is repainted: the input, at the output size
         else:
             with guidance.apply(pipe, settings["method"], negative=settings["negative"], **params) as extra:
-                image = pipe(
+                result = pipe(
                     prompt=settings["prompt"], num_inference_steps=settings["steps"], width=settings["width"],
                     height=settings["height"], max_sequence_length=settings["max_sequence_length"],
                     generator=torch.Generator("cpu").manual_seed(settings["seed"]), callback_on_step_end=step_done,
                     **inputs, **{"guidance_scale": settings["guidance_scale"], **extra},
-                ).images[0]
+                )
+            output = result.frames[0] if self.video else result.images[0]
         record = {**settings, "version": __version__, "seconds": round(time.perf_counter() - started, 3),
                   "resolved": self.resolved}
-        save_png(image, path, record)
+        if self.video:
+            from vsf_cli.render.video import save_video, to_uint8
+
+            save_video(to_uint8(output[settings["trim_start"]:]), path, settings["fps"], record)
+        else:
+            save_png(output, path, record)
         return record

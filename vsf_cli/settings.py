@@ -17,7 +17,10 @@ SIZE_MULTIPLE = 16  # VAE factor 8 x patch 2 for SD3; also what Flux and Wan nee
 METHOD_SETTINGS = ("scale", "offset", "compat", "nag_scale", "nag_tau", "nag_alpha", "nag_end", "nasa_scale", "cfg_scale")
 # Settings a `VSF_<NAME>` environment variable may set (precedence: above files and jobs, below flags).
 ENV_SETTINGS = ("model", "method", "scale", "offset", "compat", "steps", "guidance_scale", "dtype", "device", "offload")
-MODEL_DEFAULTS = ("steps", "width", "height", "scale", "offset", "guidance_scale", "max_sequence_length")
+MODEL_DEFAULTS = ("steps", "width", "height", "scale", "offset", "guidance_scale", "max_sequence_length",
+                  "frames", "fps", "trim_start")
+VIDEO_SETTINGS = ("frames", "fps", "trim_start", "vae_tiling")
+FRAMES_TRAINED = 81  # Wan 2.1 was trained on 81-frame clips; longer ones lose coherence
 
 
 class GenSettings(BaseModel):
@@ -52,6 +55,12 @@ class GenSettings(BaseModel):
     mask_sha256: str | None = None
     strength: float | None = Field(None, ge=0.0, le=1.0, description="how much of the input is repainted")
     lora: list[str] = []
+    default_lora: bool | None = Field(None, description="load the model's own LoRA (None: it has none)")
+    # Video only (None for images): frames made (4k+1), playback rate, frames dropped from the start, VAE tiling.
+    frames: int | None = Field(None, ge=1, le=1001)
+    fps: int | None = Field(None, ge=1, le=240)
+    trim_start: int | None = Field(None, ge=0)
+    vae_tiling: bool | None = None
     dtype: str = "auto"
     device: str = "auto"
     offload: Offload = "none"
@@ -71,7 +80,7 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None) -
     None values in a layer mean "not set". The result also names the model's `family`.
     """
     from vsf_cli import guidance
-    from vsf_cli.models.registry import CFG_ARGUMENT, DEFAULT_MODEL
+    from vsf_cli.models.registry import CFG_ARGUMENT, CFG_SEPARATE_PASSES, DEFAULT_MODEL, VIDEO_FAMILIES
     from vsf_cli.models.registry import resolve as resolve_model
 
     merged: dict = {}
@@ -83,6 +92,12 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None) -
         raise UsageError("--strength needs --image")
     spec = resolve_model(str(merged.get("model") or DEFAULT_MODEL))
     merged = {**{k: getattr(spec, k) for k in MODEL_DEFAULTS}, **merged, "model": str(merged.get("model") or spec.alias)}
+    if spec.loras:  # the model's distill LoRA comes first unless switched off; naming it again adds nothing
+        merged["default_lora"] = merged.get("default_lora", True)
+        own = list(merged.get("lora") or [])
+        merged["lora"] = [*(x for x in spec.loras if merged["default_lora"] and x not in own), *own]
+    elif merged.get("default_lora") is not None:
+        merged.pop("default_lora")  # nothing to switch off
     merged.setdefault("method", "vsf" if merged.get("negative") else "none")
     if not merged.get("prompt"):
         raise UsageError("missing prompt")
@@ -95,9 +110,11 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None) -
     for side in ("width", "height"):
         if settings[side] % SIZE_MULTIPLE:
             raise UsageError(f"size: {side} {settings[side]} is not a multiple of {SIZE_MULTIPLE}")
+    _check_video(settings, spec.family in VIDEO_FAMILIES, warn)
     method = settings["method"]
     guidance_is_cfg = CFG_ARGUMENT[spec.family] == "guidance_scale"
-    if guidance_is_cfg and method not in ("none", "cfg") and settings["guidance_scale"] > 1:
+    batched_cfg = guidance_is_cfg and spec.family not in CFG_SEPARATE_PASSES
+    if batched_cfg and method not in ("none", "cfg") and settings["guidance_scale"] > 1:
         raise UsageError(f"{method} replaces CFG and needs --guidance-scale <= 1 (got {settings['guidance_scale']})")
     taken = guidance.parameters(method)
     given = {k: settings[k] for k in taken if settings[k] is not None}
@@ -111,6 +128,31 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None) -
                  "(the paper's CFG baseline is sd35-large at 28 steps)")
     settings["family"] = spec.family
     return settings
+
+
+def nearest_frame_counts(frames: int) -> list[int]:
+    """The valid (4k+1) frame counts next to `frames`: Wan's VAE packs 4 frames per latent after the first."""
+    below = (frames - 1) // 4 * 4 + 1
+    return [n for n in (below, below + 4) if n >= 1]
+
+
+def _check_video(settings: dict, video: bool, warn: Callable[[str], None]) -> None:
+    """Video settings only for video models; frame counts of the form 4k+1; the trim leaves frames."""
+    if not video:
+        given = [k for k in VIDEO_SETTINGS if settings[k] is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only for video models (vsf video --model wan)")
+        return
+    frames = settings["frames"]
+    if frames % 4 != 1:
+        raise UsageError(f"frames: {frames} is not 4k+1 (Wan makes 1 + 4k frames); "
+                         f"use {' or '.join(map(str, nearest_frame_counts(frames)))}")
+    if frames > FRAMES_TRAINED:
+        warn(f"{frames} frames is more than the {FRAMES_TRAINED} Wan 2.1 was trained on; expect repetition or drift")
+    if settings["trim_start"] >= frames:
+        raise UsageError(f"trim_start: dropping {settings['trim_start']} of {frames} frames leaves none")
+    if settings["vae_tiling"] is None:
+        settings["vae_tiling"] = False
 
 
 def stored(settings: dict) -> dict:

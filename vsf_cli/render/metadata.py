@@ -9,6 +9,7 @@ from vsf_cli.errors import UsageError
 from vsf_cli.render.naming import atomic_write
 
 _NEGATIVE = "Negative prompt:"
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webp")  # vsf writes these for videos only, with a .json sidecar
 # The A1111/Forge infotext grammar: `Key: value` pairs, a value either JSON-quoted or up to the next comma.
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
@@ -132,7 +133,7 @@ def save_png(image, path: Path, settings: dict) -> None:
     atomic_write(Path(path), lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
@@ -152,10 +153,14 @@ def _image_text(path: Path) -> dict[str, str]:
 
 
 def read_metadata(path: Path) -> dict:
-    """Settings stored in an image (our `vsf` JSON, else A1111 `parameters`) or in a `.json` sidecar."""
+    """Settings stored in an image (our `vsf` JSON, else A1111 `parameters`), a video, or a `.json` sidecar."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        return _read_json(path)
+        return read_json(path)
+    if path.suffix.lower() in VIDEO_SUFFIXES or path.is_dir():
+        from vsf_cli.render.video import read_video_metadata
+
+        return read_video_metadata(path)
     chunks = _image_text(path)
     if "vsf" in chunks:
         try:

@@ -88,8 +88,10 @@ def expand(template: str, fields: dict, allow_parent: bool = False) -> Path:
     return Path(expanded)
 
 
-def check_free(paths: list[Path], overwrite: bool) -> None:
-    """Refuse planned outputs that collide with each other, or with existing files unless overwrite."""
+def check_free(paths: list[Path], overwrite: bool, folders: bool = False) -> None:
+    """Refuse planned outputs that collide with each other, or with existing files unless overwrite.
+
+    With `folders`, outputs are folders (video frames), so an existing folder is replaced like a file."""
     seen: dict[str, int] = {}
     for i, path in enumerate(paths):
         key = os.path.normcase(os.path.abspath(path))
@@ -100,8 +102,8 @@ def check_free(paths: list[Path], overwrite: bool) -> None:
             )
         seen[key] = i
     for path in paths:
-        if path.is_dir():
-            raise UsageError(f"output {path} is a folder")
+        if path.is_dir() != folders and path.exists():
+            raise UsageError(f"output {path} is {'not ' if folders else ''}a folder")
         if path.exists() and not overwrite:
             raise VsfError(f"{path} already exists (pass --overwrite to replace it)")
 

@@ -1,0 +1,289 @@
+"""Wan video: cross-attention guidance against dense oracles, its invariants, and `vsf video` end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from oracles import DenseCross, hooks_left
+from tiny import build_wan
+from vsf_cli import guidance
+from vsf_cli.cli import app
+
+L = 24  # text context length (max_sequence_length); real Wan uses 512
+PROMPT, NEG = "a red car", "wheels"
+CALL = {"num_frames": 5, "height": 32, "width": 32, "num_inference_steps": 2, "max_sequence_length": L,
+        "output_type": "latent"}
+
+
+@pytest.fixture(scope="session")
+def wan_dir(tmp_path_factory):
+    return build_wan(tmp_path_factory.mktemp("models") / "tiny-wan")
+
+
+@pytest.fixture
+def wan(wan_dir):
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(wan_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def render(pipe, guidance_scale=1.0, **kw):
+    return pipe(prompt=kw.pop("prompt", PROMPT), guidance_scale=guidance_scale,
+                generator=torch.Generator().manual_seed(0), **{**CALL, **kw}).frames
+
+
+def negative_states(pipe, text, length=None):
+    """The negative as UMT5 states: unpadded (its own tokens and EOS), or zero-padded to `length` like a positive."""
+    ids = pipe.tokenizer(text, return_tensors="pt")
+    states = pipe.text_encoder(ids.input_ids, ids.attention_mask).last_hidden_state
+    return states if length is None else torch.cat([states, states.new_zeros(1, length - states.shape[1], states.shape[2])], 1)
+
+
+def oracle_render(pipe, context, processor, **kw):
+    """The stock pipeline given the guided context directly, every attn2 replaced by a dense processor."""
+    for block in pipe.transformer.blocks:
+        block.attn2.set_processor(processor)
+    return render(pipe, prompt=None, prompt_embeds=context, **kw)
+
+
+def render_plain(pipe, **kw):
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    for block in pipe.transformer.blocks:
+        block.attn2.set_processor(WanAttnProcessor())
+    return render(pipe, **kw)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("scale, offset", [(1.5, 0.2), (3.0, -0.5)])
+def test_vsf_equals_dense_oracle(wan, scale, offset):
+    with guidance.apply(wan, "vsf", negative=NEG, scale=scale, offset=offset):
+        fast = render(wan)
+    negative = negative_states(wan, NEG)
+    n = negative.shape[1]
+    positive = wan.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=L - n)[0]
+    dense = oracle_render(wan, torch.cat([positive, negative], 1), DenseCross(n, scale=scale, offset=offset))
+    assert n < 10 and torch.allclose(fast, dense, atol=2e-5, rtol=1e-4), (fast - dense).abs().max()
+    assert not torch.allclose(fast, render_plain(wan), atol=1e-3)  # the negative did something
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method, params", [
+    ("nag", {"nag_scale": 4.0, "nag_tau": 2.5, "nag_alpha": 0.5}),
+    ("nasa", {"nasa_scale": 0.3}),
+])
+def test_baselines_equal_dense_oracle(wan, method, params):
+    with guidance.apply(wan, method, negative=NEG, **params):
+        fast = render(wan)
+    positive = wan.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=L)[0]
+    context = torch.cat([positive, negative_states(wan, NEG, L)], 1)
+    dense = oracle_render(wan, context, DenseCross(L, method, **params))
+    assert torch.allclose(fast, dense, atol=2e-5, rtol=1e-4), (fast - dense).abs().max()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method, params", [("nag", {"nag_scale": 1.0}), ("nasa", {"nasa_scale": 0.0})])
+def test_neutral_baselines_equal_no_guidance(wan, method, params):
+    plain = render(wan)
+    with guidance.apply(wan, method, negative=NEG, **params):
+        neutral = render(wan)
+    assert torch.allclose(neutral, plain, atol=1e-6), (neutral - plain).abs().max()
+
+
+@torch.no_grad()
+def test_leaving_restores_bit_exactly(wan):
+    before = render(wan)
+    processors = dict(wan.transformer.attn_processors)
+    with guidance.apply(wan, "vsf", negative=NEG):
+        guided = render(wan)
+    assert not torch.equal(guided, before)
+    assert torch.equal(render(wan), before)
+    assert wan.transformer.attn_processors == processors and not hooks_left(wan.transformer)
+
+
+@torch.no_grad()
+def test_infinite_offset_equals_positive_alone(wan):
+    """With the negative's logits at -1e9 the image reads only [positive + padding], L - n_N tokens of it."""
+    n = negative_states(wan, NEG).shape[1]
+    with guidance.apply(wan, "vsf", negative=NEG, offset=1e9):
+        off = render(wan)
+    assert torch.allclose(off, render(wan, max_sequence_length=L - n), atol=1e-6)
+
+
+@torch.no_grad()
+def test_cfg_unconditional_pass_runs_plain_attention(wan):
+    """guidance_scale > 1: the pipeline's "uncond" forward must see the stock model, the "cond" one VSF."""
+    calls = []
+
+    def record(module, args, kwargs, output):
+        calls.append(({k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}, output[0].clone()))
+
+    handle = wan.transformer.register_forward_hook(record, with_kwargs=True)
+    try:
+        with guidance.apply(wan, "vsf", negative=NEG):
+            render(wan, guidance_scale=3.0, negative_prompt="blurry")
+    finally:
+        handle.remove()
+    assert len(calls) == 2 * CALL["num_inference_steps"]  # cond, uncond per step, in that order
+    for i, (kwargs, output) in enumerate(calls):
+        plain = wan.transformer(**kwargs)[0]
+        if i % 2:
+            assert torch.equal(output, plain)
+        else:
+            assert not torch.allclose(output, plain, atol=1e-4)
+
+
+@torch.no_grad()
+def test_image_context_tokens_are_not_flipped(wan_dir):
+    """An image-to-video transformer (image-context tokens before the text): only the text part gets the flip."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel
+
+    base = WanPipeline.from_pretrained(wan_dir)
+    torch.manual_seed(3)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=16, ffn_dim=32, num_layers=2, image_dim=12, added_kv_proj_dim=16, rope_max_seq_len=32,
+    )
+    pipe = WanImageToVideoPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae,
+                                   scheduler=base.scheduler, transformer=transformer)
+    inputs = {"hidden_states": torch.randn(1, 16, 2, 4, 4), "timestep": torch.tensor([500]),
+              "encoder_hidden_states": wan_context(pipe), "encoder_hidden_states_image": torch.randn(1, 6, 12)}
+    with guidance.apply(pipe, "vsf", negative=NEG, scale=2.0, offset=0.1):
+        fast = transformer(**inputs)[0]
+    negative = negative_states(pipe, NEG)
+    n = negative.shape[1]
+    context = torch.cat([inputs["encoder_hidden_states"][:, : L - n], negative], 1)
+    for block in transformer.blocks:
+        block.attn2.set_processor(DenseCross(n, image_tokens=6, scale=2.0, offset=0.1))
+    dense = transformer(**{**inputs, "encoder_hidden_states": context})[0]
+    assert torch.allclose(fast, dense, atol=2e-5), (fast - dense).abs().max()
+
+
+def wan_context(pipe):
+    return pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=L)[0]
+
+
+@torch.no_grad()
+def test_prompt_and_negative_longer_than_the_context_is_refused(wan):
+    from vsf_cli.errors import UsageError
+
+    with guidance.apply(wan, "vsf", negative="red car " * 4), pytest.raises(UsageError, match="text context"):
+        render(wan, max_sequence_length=12)
+
+
+# --- the command -------------------------------------------------------------------------------------------------
+
+runner = CliRunner()
+
+
+def video(wan_dir, out, *args):
+    """`vsf video` on the tiny model, seed 3, into `out` (a folder: {seed}.mp4 in it; else the file itself)."""
+    target = out / "{seed}.mp4" if out.is_dir() else out
+    base = ["video", PROMPT, "--neg", NEG, "--model", str(wan_dir), "--size", "32", "--steps", "2", "--seed", "3"]
+    return runner.invoke(app, [*base, "-o", str(target), *args])
+
+
+def test_mp4_has_the_frames_size_and_settings(wan_dir, tmp_path):
+    from vsf_cli.render.video import read_frames
+
+    result = video(wan_dir, tmp_path, "--frames", "9", "--trim-start", "2", "--fps", "8", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    path = tmp_path / "3.mp4"
+    assert record["path"] == str(path) and record["frames"] == 9 and record["trim_start"] == 2
+    assert read_frames(path).shape == (7, 32, 32, 3)
+    info = json.loads(runner.invoke(app, ["info", str(path), "--json"]).stdout)
+    assert info["negative"] == NEG and info["frames"] == 9 and info["fps"] == 8
+    (tmp_path / "3.json").unlink()  # without its sidecar the mp4's own comment tag still has the settings
+    assert json.loads(runner.invoke(app, ["info", str(path), "--json"]).stdout) == info
+
+
+def test_replaying_a_video_gives_the_same_frames(wan_dir, tmp_path):
+    from vsf_cli.render.video import read_frames
+
+    assert video(wan_dir, tmp_path, "--frames", "5").exit_code == 0
+    again = runner.invoke(app, ["video", "--from", str(tmp_path / "3.json"), "-o", str(tmp_path / "again.mp4")])
+    assert again.exit_code == 0, again.output
+    assert np.array_equal(read_frames(tmp_path / "3.mp4"), read_frames(tmp_path / "again.mp4"))
+
+
+@pytest.mark.parametrize("fmt, name", [("gif", "3.gif"), ("webp", "3.webp"), ("frames", "3")])
+def test_other_formats(wan_dir, tmp_path, fmt, name):
+    from vsf_cli.render.video import read_frames
+
+    args = ["video", PROMPT, "--neg", NEG, "--model", str(wan_dir), "--size", "32", "--steps", "1", "--seed", "3",
+            "--frames", "5", "--format", fmt]
+    if fmt != "frames":  # a file's extension must match --format; a frames folder takes the name without it
+        result = runner.invoke(app, [*args, "-o", str(tmp_path / "{seed}.mp4")])
+        assert result.exit_code == 2 and "must end in" in result.output
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / (name if fmt != "frames" else "3.mp4"))])
+    assert result.exit_code == 0, result.output
+    assert read_frames(tmp_path / name).shape == (5, 32, 32, 3)
+    assert json.loads(runner.invoke(app, ["info", str(tmp_path / name), "--json"]).stdout)["negative"] == NEG
+
+
+def test_frame_count_must_be_4k_plus_1(wan_dir, tmp_path):
+    result = video(wan_dir, tmp_path, "--frames", "80")
+    assert result.exit_code == 2 and "77 or 81" in result.output and "Traceback" not in result.output
+    result = video(wan_dir, tmp_path, "--frames", "85", "--dry-run")
+    assert result.exit_code == 0 and "more than the 81" in result.output
+
+
+def test_existing_output_is_kept(wan_dir, tmp_path):
+    (tmp_path / "3.json").write_text("{}")
+    result = video(wan_dir, tmp_path, "--frames", "5")
+    assert result.exit_code == 1 and "already exists" in result.output
+    assert (tmp_path / "3.json").read_text() == "{}" and not (tmp_path / "3.mp4").exists()
+
+
+def test_models_of_the_wrong_kind_are_refused(wan_dir, sd3_dir, tmp_path):
+    result = runner.invoke(app, ["gen", PROMPT, "--model", str(wan_dir), "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "vsf video" in result.output
+    result = runner.invoke(app, ["video", PROMPT, "--model", str(sd3_dir), "-o", str(tmp_path / "x.mp4")])
+    assert result.exit_code == 2 and "vsf gen" in result.output
+    result = runner.invoke(app, ["gen", PROMPT, "--model", str(sd3_dir), "--frames", "5"])
+    assert result.exit_code == 2  # no such option on gen
+
+
+def test_registry_defaults_and_distill_lora(tmp_path):
+    result = runner.invoke(app, ["video", PROMPT, "--neg", NEG, "--model", "wan", "--seed", "1", "--dry-run", "--json",
+                                 "-o", str(tmp_path / "v.mp4")])
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert (s["model"], s["frames"], s["fps"], s["width"], s["height"], s["scale"], s["offset"]) == \
+        ("wan", 81, 16, 832, 480, 1.5, 0.2)
+    assert s["lora"] == ["Kijai/WanVideo_comfy/Wan21_CausVid_bidirect2_T2V_1_3B_lora_rank32.safetensors:0.5"]
+    no_lora = runner.invoke(app, ["video", PROMPT, "--model", "wan-14b", "--no-default-lora", "--lora", "x.safetensors",
+                                  "--seed", "1", "--dry-run", "--json", "-o", str(tmp_path / "v.mp4")])
+    s = json.loads(no_lora.stdout)
+    assert s["lora"] == ["x.safetensors"] and s["default_lora"] is False and s["steps"] == 6
+
+
+def build_wan_lora(model, folder):
+    from diffusers import WanPipeline, WanTransformer3DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = WanTransformer3DModel.from_pretrained(model / "transformer")
+    torch.manual_seed(0)
+    transformer.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False))
+    WanPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer))
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def test_lora_from_a_local_file_changes_the_video(wan_dir, tmp_path):
+    from vsf_cli.render.video import read_frames
+
+    lora = build_wan_lora(wan_dir, tmp_path / "lora")
+    assert video(wan_dir, tmp_path / "plain.mp4", "--frames", "5").exit_code == 0
+    result = video(wan_dir, tmp_path / "lora.mp4", "--frames", "5", "--lora", f"{lora}:0.8")
+    assert result.exit_code == 0, result.output
+    assert not np.array_equal(read_frames(tmp_path / "plain.mp4"), read_frames(tmp_path / "lora.mp4"))
+    info = json.loads(runner.invoke(app, ["info", str(tmp_path / "lora.mp4"), "--json"]).stdout)
+    assert info["lora"] == [f"{lora}:0.8"]
+

@@ -1,0 +1,84 @@
+"""`vsf video`: Wan 2.1 text-to-video with a working negative prompt, written as mp4 (or GIF, WebP, PNG frames)."""
+
+from pathlib import Path
+
+import typer
+
+from vsf_cli.cli import app
+from vsf_cli.cli import generation as g
+from vsf_cli.cli.common import errors_to_exit_codes
+from vsf_cli.errors import UsageError
+
+DEFAULT_OUTPUT = "out/{slug}_{seed}.mp4"
+
+
+@app.command("video")
+def video(
+    prompt: str = typer.Argument(None, help="What to film (optional with --from)."),
+    neg: str = g.NEG,
+    model: str = typer.Option(None, "--model", "-m", help="wan (= wan-1.3b), wan-14b, a local WanPipeline folder or hub id. (default: wan-1.3b)"),
+    method: str = g.METHOD,
+    scale: float = g.SCALE,
+    offset: float = g.OFFSET,
+    nag_scale: float = g.NAG_SCALE,
+    nag_tau: float = g.NAG_TAU,
+    nag_alpha: float = g.NAG_ALPHA,
+    nag_end: float = g.NAG_END,
+    nasa_scale: float = g.NASA_SCALE,
+    cfg_scale: float = g.CFG_SCALE,
+    steps: int = g.STEPS,
+    size: str = g.SIZE,
+    frames: int = typer.Option(None, "--frames", help="Frames to generate, 4k+1 (Wan's VAE packs 4 per latent), 1-1001; above 81 drifts. (model default: 81)"),
+    fps: int = typer.Option(None, "--fps", help="Playback frames per second, 1-240. (model default: 16)"),
+    trim_start: int = typer.Option(None, "--trim-start", help="Drop this many frames from the start; CausVid's first frames flash. (model default: 5 for wan-1.3b, 0 for wan-14b)"),
+    guidance_scale: float = typer.Option(None, "--guidance-scale", help="Wan's CFG scale; > 1 runs a second, unguided pass per step (VSF then guides the conditional pass only). (model default: 1 = off)"),
+    seed: list[int] = g.SEED,
+    seeds: int = g.SEEDS,
+    count: int = g.COUNT,
+    output_format: str = typer.Option("mp4", "--format", help="mp4 (H.264), gif, webp, or frames (a folder of PNGs). (default: mp4)"),
+    output: str = typer.Option(DEFAULT_OUTPUT, "--output", "-o", help="Output template; fields {index} {seed} {slug} {model} {method}; its extension follows --format."),
+    image: Path = typer.Option(None, "--image", help="Image-to-video is not supported yet; this flag explains why."),
+    vae_tiling: bool = typer.Option(None, "--vae-tiling/--no-vae-tiling", help="Decode the video in tiles: less memory, faint seams. (default: off)"),
+    overwrite: bool = g.OVERWRITE,
+    device: str = g.DEVICE,
+    dtype: str = g.DTYPE,
+    offload: str = g.OFFLOAD,
+    lora: list[str] = g.LORA,
+    default_lora: bool = typer.Option(True, "--default-lora/--no-default-lora", help="Load the model's distill LoRA from `vsf models` (--lora adds more). (default: on)"),
+    offline: bool = g.OFFLINE,
+    as_json: bool = g.AS_JSON,
+    dry_run: bool = g.DRY_RUN,
+    preset: str = g.PRESET,
+    from_file: Path = g.FROM_FILE,
+    quiet: bool = g.QUIET,
+    verbose: bool = g.VERBOSE,
+    debug: bool = g.DEBUG,
+) -> None:
+    """Generate videos with a negative prompt that works without CFG (Wan 2.1 + distill LoRA)."""
+    with errors_to_exit_codes(debug):
+        from vsf_cli.batch.spec import parse_size
+        from vsf_cli.render.video import output_path, sidecar
+
+        if image is not None:
+            raise UsageError("--image: image-to-video (WanImageToVideoPipeline) is not supported yet; "
+                             "the guidance already leaves image-context tokens unflipped, the command does not load I2V")
+        if not prompt and not from_file:
+            raise UsageError("missing PROMPT (or --from FILE)")
+        flags = {
+            "prompt": prompt, "negative": neg, "model": model, "method": method, "scale": scale, "offset": offset,
+            "nag_scale": nag_scale, "nag_tau": nag_tau, "nag_alpha": nag_alpha, "nag_end": nag_end,
+            "nasa_scale": nasa_scale, "cfg_scale": cfg_scale, "steps": steps, "guidance_scale": guidance_scale,
+            "frames": frames, "fps": fps, "trim_start": trim_start, "vae_tiling": vae_tiling,
+            "lora": lora or None, "default_lora": None if default_lora else False, "device": device, "dtype": dtype, "offload": offload,
+            **(parse_size(size) if size else {}),
+        }
+
+        def plan(settings: dict, seed_list: list[int]):
+            if settings["family"] != "wan":
+                raise UsageError(f"{settings['model']} makes images; use `vsf gen` (video models: wan-1.3b, wan-14b)")
+            template = str(output_path(Path(output), output_format)) if output == DEFAULT_OUTPUT else output
+            suffix = output_path(Path("x.mp4"), output_format).suffix
+            return g.plan_paths(settings, seed_list, template, overwrite, suffix, also=lambda path: [sidecar(path)])
+
+        g.run(flags, defaults={"model": "wan-1.3b"}, from_file=from_file, preset=preset, seed=seed, seeds=seeds, count=count, plan=plan,
+              dry_run=dry_run, as_json=as_json, offline=offline, quiet=quiet, verbose=verbose)
