@@ -287,3 +287,18 @@ def test_lora_from_a_local_file_changes_the_video(wan_dir, tmp_path):
     info = json.loads(runner.invoke(app, ["info", str(tmp_path / "lora.mp4"), "--json"]).stdout)
     assert info["lora"] == [f"{lora}:0.8"]
 
+
+
+def test_batch_renders_video_jobs_and_resumes(wan_dir, tmp_path):
+    from vsf_cli.render.video import read_frames
+
+    jobs = tmp_path / "clips.yaml"
+    jobs.write_text(f"defaults: {{model: {wan_dir}, size: 32, steps: 1, frames: 5}}\n"
+                    "seeds: [1, 2]\njobs:\n- {prompt: a red car, neg: wheels}\n- {prompt: a cat, neg: red}\n")
+    result = runner.invoke(app, ["batch", str(jobs), "-o", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    clips = sorted((tmp_path / "run").glob("*.mp4"))
+    assert len(clips) == 4 and all(read_frames(c).shape == (5, 32, 32, 3) for c in clips)
+    assert all(c.with_suffix(".json").is_file() for c in clips)
+    again = runner.invoke(app, ["batch", str(jobs), "-o", str(tmp_path / "run"), "--json"])
+    assert json.loads(again.stdout)["skipped"] == 4

@@ -74,6 +74,7 @@ def expand(spec: BatchFile, *, preset: dict, env: dict, flags: dict, out_dir: Pa
     Precedence per job: model defaults < preset < file defaults < job (and its sweep values) < VSF_* env < flags.
     """
     from vsf_cli.batch.spec import Overrides
+    from vsf_cli.models.registry import VIDEO_FAMILIES
     from vsf_cli.render.naming import expand as expand_template
     from vsf_cli.render.naming import slugify
     from vsf_cli.settings import resolve
@@ -107,6 +108,8 @@ def expand(spec: BatchFile, *, preset: dict, env: dict, flags: dict, out_dir: Pa
                     fields = {"index": len(planned), "seed": seed, "slug": slugify(settings["prompt"]),
                               "model": Path(settings["model"]).name, "method": settings["method"], "id": identity}
                     path = out_dir / expand_template(spec.output, fields)
+                    if settings["family"] in VIDEO_FAMILIES and path.suffix.lower() == ".png":
+                        path = path.with_suffix(".mp4")  # a video job under an image template: same name, mp4
                     planned.append(PlannedJob(len(planned), identity, path, settings, {**job.meta, **values}))
     return planned
 
