@@ -27,3 +27,9 @@ def test_attention_only_rows():
     rows = bench.attention_only(image_tokens=32, heads=2, repeats=1)
     assert [r["method"] for r in rows] == ["none", "vsf", "vsf-dense"]
     assert all(r["ms"] > 0 for r in rows) and rows[0]["ratio"] == 1.0
+
+
+def test_cross_attention_only_rows():
+    rows = bench.cross_attention_only(image_tokens=32, heads=2, head_dim=8, context=24, repeats=1)
+    assert [r["method"] for r in rows] == ["none", "vsf", "vsf-dense"]
+    assert all(r["ms"] > 0 for r in rows) and rows[0]["ratio"] == 1.0

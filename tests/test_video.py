@@ -302,3 +302,15 @@ def test_batch_renders_video_jobs_and_resumes(wan_dir, tmp_path):
     assert all(c.with_suffix(".json").is_file() for c in clips)
     again = runner.invoke(app, ["batch", str(jobs), "-o", str(tmp_path / "run"), "--json"])
     assert json.loads(again.stdout)["skipped"] == 4
+
+
+def test_cross_kernel_masks_the_padding_of_shorter_negatives():
+    """Per-prompt negatives of different lengths: a row's padding keys must not count, so it equals that row alone."""
+    from vsf_cli.guidance.attention import vsf_cross
+
+    g = torch.Generator().manual_seed(0)
+    q, k_p, v_p, k_n, v_n = (torch.randn(2, 2, n, 8, generator=g) for n in (5, 6, 6, 3, 3))
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    both = vsf_cross(q, (k_p, v_p), (k_n, v_n), scale=2.0, offset=0.3, negative_mask=mask)
+    alone = vsf_cross(q[1:], (k_p[1:], v_p[1:]), (k_n[1:, :, :1], v_n[1:, :, :1]), scale=2.0, offset=0.3)
+    assert torch.allclose(both[1:], alone, atol=1e-6) and not torch.allclose(both[:1], alone, atol=1e-3)

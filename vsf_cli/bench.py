@@ -144,6 +144,43 @@ def attention_only(image_tokens: int = 4096, heads: int = 38, neg_tokens: int = 
         "vsf": lambda: vsf_joint(image, positive, negative, scale=3.5, offset=0.1),
         "vsf-dense": lambda: vsf_joint_dense(image, positive, negative, scale=3.5, offset=0.1, exact=False),
     }
+    return _time_calls(calls, repeats, device)
+
+
+def cross_attention_only(image_tokens: int = 32760, heads: int = 12, head_dim: int = 128, context: int = 512,
+                         neg_tokens: int = 8, repeats: int = 5, device: str = "auto", dtype: str = "auto") -> list[dict]:
+    """One Wan cross-attention call at Wan 2.1 1.3B shapes (480x832, 81 frames: 32,760 image queries, 512 text keys).
+
+    `vsf-dense` is the seed code's way: one SDPA with an (n_image x 512) float mask and the flip in the values.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from vsf_cli.guidance.attention import vsf_cross
+    from vsf_cli.models.loading import resolve_device, resolve_dtype
+
+    device = resolve_device(device)
+    torch_dtype = getattr(torch, resolve_dtype(dtype, device))
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, heads, n, head_dim, generator=gen).to(device, torch_dtype)
+               for n in (image_tokens, context, context))
+    n = context - neg_tokens
+    mask = torch.zeros(1, 1, image_tokens, context, device=device, dtype=torch_dtype)
+    mask[..., n:] = -0.2
+    flip = torch.ones(context, 1, device=device, dtype=torch_dtype)
+    flip[n:] = -1.5
+    calls = {
+        "none": lambda: F.scaled_dot_product_attention(q, k, v),
+        "vsf": lambda: vsf_cross(q, (k[:, :, :n], v[:, :, :n]), (k[:, :, n:], v[:, :, n:]), scale=1.5, offset=0.2),
+        "vsf-dense": lambda: F.scaled_dot_product_attention(q, k, v * flip, attn_mask=mask),
+    }
+    return _time_calls(calls, repeats, device)
+
+
+def _time_calls(calls: dict, repeats: int, device: str) -> list[dict]:
+    """Median time of each call over interleaved repeats (after one warm-up round), and its ratio to the first."""
+    import torch
+
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     times = {name: [] for name in calls}
     for r in range(repeats + 1):
@@ -154,7 +191,7 @@ def attention_only(image_tokens: int = 4096, heads: int = 38, neg_tokens: int = 
             sync()
             if r:
                 times[name].append(time.perf_counter() - started)
-    base = statistics.median(times["none"])
+    base = statistics.median(next(iter(times.values())))
     return [{"method": name, "ms": round(1000 * statistics.median(t), 2), "ratio": round(statistics.median(t) / base, 3)}
             for name, t in times.items()]
 
@@ -213,7 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--attention", action="store_true", help="also time one attention call at full SD3.5-L shapes")
+    parser.add_argument("--attention", action="store_true",
+                        help="also time one attention call at full SD3.5-L (joint) and Wan 1.3B (cross) shapes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     result = run(args.model, blocks=args.blocks, size=args.size, neg_tokens=args.neg_tokens, repeats=args.repeats,
@@ -221,9 +259,11 @@ def main(argv: list[str] | None = None) -> None:
     result["cold_start_help_s"] = cold_start()
     if args.attention:
         result["attention_only"] = attention_only(device=args.device, dtype=args.dtype)
+        result["cross_attention_only"] = cross_attention_only(device=args.device, dtype=args.dtype)
     text = table(result) + f"\n\n`vsf --help` cold start: {result['cold_start_help_s']} s"
-    for row in result.get("attention_only", []):
-        text += f"\nattention only, {row['method']}: {row['ms']} ms ({row['ratio']}x)"
+    for kind in ("attention_only", "cross_attention_only"):
+        for row in result.get(kind, []):
+            text += f"\n{kind.replace('_', ' ')}, {row['method']}: {row['ms']} ms ({row['ratio']}x)"
     print(json.dumps(result) if args.json else text)
 
 

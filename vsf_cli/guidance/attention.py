@@ -92,9 +92,18 @@ def vsf_cross(
     """VSF in cross-attention (Wan `attn2`): one softmax over the context [positive + padding, negative] in which
     the negative's values are multiplied by -scale and its logits get -offset (METHOD.md §4).
 
-    The positive keys go through one unmasked fused attention; the few negative keys are merged by log-sum-exp.
+    Every image query sees the same keys, so the offset is one broadcast bias row (batch, 1, 1, keys), never an
+    n_image x keys mask. Measured against a log-sum-exp split, this single fused call is the faster (docs/benchmarks.md).
     """
-    return with_flipped(attention_lse(query, *positive), query, *negative, scale, offset, negative_mask)
+    (k_p, v_p), (k_n, v_n) = positive, negative
+    if offset == float("inf"):
+        return F.scaled_dot_product_attention(query, k_p, v_p)
+    bias = query.new_zeros(k_n.shape[0], 1, 1, k_p.shape[2] + k_n.shape[2])
+    bias[..., k_p.shape[2]:] = -offset
+    if negative_mask is not None:
+        bias[..., k_p.shape[2]:] = bias[..., k_p.shape[2]:].masked_fill(~negative_mask[:, None, None, :], float("-inf"))
+    keys, values = torch.cat([k_p, k_n], dim=2), torch.cat([v_p, v_n * -scale], dim=2)
+    return F.scaled_dot_product_attention(query, keys, values, attn_mask=bias)
 
 
 def contrast_cross(
