@@ -138,34 +138,29 @@ def test_cfg_unconditional_pass_runs_plain_attention(wan):
             assert not torch.allclose(output, plain, atol=1e-4)
 
 
-@torch.no_grad()
-def test_image_context_tokens_are_not_flipped(wan_dir):
-    """An image-to-video transformer (image-context tokens before the text): only the text part gets the flip."""
-    from diffusers import WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel
+@pytest.fixture(scope="session")
+def i2v_dir(tmp_path_factory):
+    return build_wan(tmp_path_factory.mktemp("models") / "tiny-wan-i2v", image_to_video=True)
 
-    base = WanPipeline.from_pretrained(wan_dir)
-    torch.manual_seed(3)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=16, ffn_dim=32, num_layers=2, image_dim=12, added_kv_proj_dim=16, rope_max_seq_len=32,
-    )
-    pipe = WanImageToVideoPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae,
-                                   scheduler=base.scheduler, transformer=transformer)
-    inputs = {"hidden_states": torch.randn(1, 16, 2, 4, 4), "timestep": torch.tensor([500]),
-              "encoder_hidden_states": wan_context(pipe), "encoder_hidden_states_image": torch.randn(1, 6, 12)}
+
+@torch.no_grad()
+def test_image_context_tokens_are_not_flipped(i2v_dir, tmp_path):
+    """Image-to-video: image-context tokens precede the text; only the text part may get the flip."""
+    from diffusers import WanImageToVideoPipeline
+    from PIL import Image
+
+    pipe = WanImageToVideoPipeline.from_pretrained(i2v_dir)
+    pipe.set_progress_bar_config(disable=True)
+    first = Image.new("RGB", (32, 32), (200, 40, 30))
     with guidance.apply(pipe, "vsf", negative=NEG, scale=2.0, offset=0.1):
-        fast = transformer(**inputs)[0]
+        fast = render(pipe, image=first)
     negative = negative_states(pipe, NEG)
     n = negative.shape[1]
-    context = torch.cat([inputs["encoder_hidden_states"][:, : L - n], negative], 1)
-    for block in transformer.blocks:
-        block.attn2.set_processor(DenseCross(n, image_tokens=6, scale=2.0, offset=0.1))
-    dense = transformer(**{**inputs, "encoder_hidden_states": context})[0]
-    assert torch.allclose(fast, dense, atol=2e-5), (fast - dense).abs().max()
-
-
-def wan_context(pipe):
-    return pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=L)[0]
+    positive = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=L - n)[0]
+    image_tokens = pipe.encode_image(first).shape[1]
+    dense = oracle_render(pipe, torch.cat([positive, negative], 1),
+                          DenseCross(n, image_tokens=image_tokens, scale=2.0, offset=0.1), image=first)
+    assert torch.allclose(fast, dense, atol=2e-5, rtol=1e-4), (fast - dense).abs().max()
 
 
 @torch.no_grad()
@@ -314,3 +309,31 @@ def test_cross_kernel_masks_the_padding_of_shorter_negatives():
     both = vsf_cross(q, (k_p, v_p), (k_n, v_n), scale=2.0, offset=0.3, negative_mask=mask)
     alone = vsf_cross(q[1:], (k_p[1:], v_p[1:]), (k_n[1:, :, :1], v_n[1:, :, :1]), scale=2.0, offset=0.3)
     assert torch.allclose(both[1:], alone, atol=1e-6) and not torch.allclose(both[:1], alone, atol=1e-3)
+
+
+def test_image_to_video_from_a_first_frame(i2v_dir, wan_dir, tmp_path):
+    from PIL import Image
+
+    from vsf_cli.render.video import read_frames
+
+    Image.new("RGB", (64, 32), (30, 90, 200)).save(tmp_path / "first.png")
+    args = ["--image", str(tmp_path / "first.png"), "--frames", "5"]
+    result = video(i2v_dir, tmp_path / "clip.mp4", *args, "--size", "48x32", "--json")
+    assert result.exit_code == 0, result.output
+    assert read_frames(tmp_path / "clip.mp4").shape == (5, 32, 48, 3)
+    info = json.loads(runner.invoke(app, ["info", str(tmp_path / "clip.mp4"), "--json"]).stdout)
+    assert info["image"] == str(tmp_path / "first.png") and len(info["image_sha256"]) == 64 and info["strength"] is None
+    refused = video(wan_dir, tmp_path / "t2v.mp4", *args)
+    assert refused.exit_code == 2 and "wan-i2v-14b" in refused.output
+    missing = runner.invoke(app, ["video", PROMPT, "--model", str(i2v_dir), "-o", str(tmp_path / "none.mp4")])
+    assert missing.exit_code == 2 and "--image" in missing.output
+
+
+def test_image_to_video_size_follows_the_image():
+    from vsf_cli.models.registry import MODELS
+    from vsf_cli.settings import _first_frame
+
+    class Portrait:
+        size = (480, 832)
+
+    assert _first_frame({"image": "x.png"}, Portrait(), MODELS["wan-i2v-14b"]) == {"width": 480, "height": 832}

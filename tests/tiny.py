@@ -128,10 +128,15 @@ def build_flux(path: Path, *, seed: int = 0) -> Path:
     return Path(path)
 
 
-def build_wan(path: Path, *, seed: int = 0) -> Path:
-    """Save a tiny random WanPipeline (2 blocks, UMT5 text encoder, 3-channel Wan VAE) to `path` and return it."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+def build_wan(path: Path, *, seed: int = 0, image_to_video: bool = False) -> Path:
+    """Save a tiny random WanPipeline (2 blocks, UMT5 text encoder, 3-channel Wan VAE) to `path` and return it.
+
+    `image_to_video`: a WanImageToVideoPipeline instead, with a tiny CLIP vision encoder and the image-context
+    projections in every cross-attention.
+    """
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
+    from diffusers import WanTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
     t5_tok = letter_t5_tokenizer()
     torch.manual_seed(seed + 1)
@@ -140,15 +145,25 @@ def build_wan(path: Path, *, seed: int = 0) -> Path:
         relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
     )).eval()
     torch.manual_seed(seed + 2)
+    i2v = {"image_dim": 12, "added_kv_proj_dim": 16} if image_to_video else {}
     transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16, out_channels=16,
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, out_channels=16,
+        in_channels=36 if image_to_video else 16,  # I2V: noise, the first-frame mask and its latents
         text_dim=32, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
+        rope_max_seq_len=32, **i2v,
     )
     torch.manual_seed(seed + 3)
     vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True])
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    pipe = WanPipeline(tokenizer=t5_tok, text_encoder=umt5, transformer=transformer, vae=vae, scheduler=scheduler)
+    parts = dict(tokenizer=t5_tok, text_encoder=umt5, transformer=transformer, vae=vae, scheduler=scheduler)
+    if image_to_video:
+        torch.manual_seed(seed + 4)
+        encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=12, intermediate_size=24, num_hidden_layers=2,
+                                                   num_attention_heads=2, image_size=32, patch_size=16)).eval()
+        processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        pipe = WanImageToVideoPipeline(image_encoder=encoder, image_processor=processor, **parts)
+    else:
+        pipe = WanPipeline(**parts)
     pipe.save_pretrained(path)
     return Path(path)

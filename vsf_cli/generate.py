@@ -26,9 +26,14 @@ class Renderer:
         self.siblings: dict = {}
 
     def _pipeline_for(self, settings: dict):
-        """The text-to-image pipeline, or its image-to-image / inpainting sibling sharing the loaded weights."""
+        """The loaded pipeline, or its image-to-image / inpainting sibling sharing the loaded weights, plus the
+        call's inputs for its task."""
         from vsf_cli.render.images import fitted
 
+        size = settings["width"], settings["height"]
+        if self.video:  # image-to-video models are loaded as such; the image is their first frame
+            inputs = {"num_frames": settings["frames"], "output_type": "np"}
+            return self.pipe, inputs | ({"image": fitted(settings["image"], *size, "RGB")} if settings["image"] else {})
         if not settings["image"]:
             return self.pipe, {}
         kind = "inpaint" if settings["mask"] else "img2img"
@@ -43,7 +48,6 @@ class Renderer:
             with quiet_libraries():
                 self.siblings[kind] = sibling.from_pipe(self.pipe)
             self.siblings[kind].set_progress_bar_config(disable=True)
-        size = settings["width"], settings["height"]
         inputs = {"image": fitted(settings["image"], *size, "RGB"), "strength": settings["strength"]}
         if settings["mask"]:
             inputs["mask_image"] = fitted(settings["mask"], *size, "L")
@@ -66,7 +70,6 @@ class Renderer:
         params = {k: settings[k] for k in guidance.parameters(settings["method"])}
         pipe, inputs = self._pipeline_for(settings)
         if self.video:
-            inputs = {"num_frames": settings["frames"], "output_type": "np"}
             if settings["vae_tiling"]:
                 pipe.vae.enable_tiling()
             else:

@@ -86,11 +86,13 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None) -
     merged: dict = {}
     for layer in layers:
         merged.update({k: v for k, v in layer.items() if v is not None})
+    spec = resolve_model(str(merged.get("model") or DEFAULT_MODEL))
     if merged.get("image") or merged.get("mask"):
-        merged.update(_image_inputs(merged, warn))
+        merged.update(_image_inputs(merged, warn, spec))
     elif merged.get("strength") is not None:
         raise UsageError("--strength needs --image")
-    spec = resolve_model(str(merged.get("model") or DEFAULT_MODEL))
+    elif spec.task == "img2video":
+        raise UsageError(f"{spec.alias} makes video from an image: pass --image PATH (its first frame)")
     merged = {**{k: getattr(spec, k) for k in MODEL_DEFAULTS}, **merged, "model": str(merged.get("model") or spec.alias)}
     if spec.loras:  # the model's distill LoRA comes first unless switched off; naming it again adds nothing
         merged["default_lora"] = merged.get("default_lora", True)
@@ -163,17 +165,19 @@ def stored(settings: dict) -> dict:
 DEFAULT_STRENGTH = 0.6  # diffusers' default for SD3 image-to-image and inpainting
 
 
-def _image_inputs(merged: dict, warn: Callable[[str], None]) -> dict:
+def _image_inputs(merged: dict, warn: Callable[[str], None], spec) -> dict:
     """Check the input image and mask, record their sha256, and size the output from the image."""
     from vsf_cli.render.images import open_image, sha256
 
     if not merged.get("image"):
         raise UsageError("--mask needs --image")
     image = open_image(merged["image"])
-    values = {"image_sha256": sha256(merged["image"]), "strength": merged.get("strength", DEFAULT_STRENGTH)}
     for key in ("image", "mask"):
         if merged.get(f"{key}_sha256") and merged.get(key) and merged[f"{key}_sha256"] != sha256(merged[key]):
             warn(f"{merged[key]} changed since the replayed image was made (its sha256 differs)")
+    if spec.frames is not None:
+        return _first_frame(merged, image, spec) | {"image_sha256": sha256(merged["image"])}
+    values = {"image_sha256": sha256(merged["image"]), "strength": merged.get("strength", DEFAULT_STRENGTH)}
     if "width" not in merged and "height" not in merged:
         width, height = (side // SIZE_MULTIPLE * SIZE_MULTIPLE for side in image.size)
         if (width, height) != image.size:
@@ -187,3 +191,19 @@ def _image_inputs(merged: dict, warn: Callable[[str], None]) -> dict:
             warn(f"mask {merged['mask']} is {mask.size[0]}x{mask.size[1]}, the image {image.size[0]}x{image.size[1]}; "
                  "the mask is resized to match")
     return values
+
+
+def _first_frame(merged: dict, image, spec) -> dict:
+    """Image-to-video: the model's pixel area at the image's aspect ratio (as diffusers' Wan I2V example sizes it)."""
+    if spec.task != "img2video":
+        raise UsageError(f"{spec.alias} makes video from text; --image needs an image-to-video model (wan-i2v-14b)")
+    for key in ("mask", "strength"):
+        if merged.get(key) is not None:
+            raise UsageError(f"--{key} is for images; image-to-video takes --image only")
+    if "width" in merged or "height" in merged:
+        return {}
+    aspect = image.size[1] / image.size[0]
+    area = spec.width * spec.height
+    height = max(SIZE_MULTIPLE, round((area * aspect) ** 0.5) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    width = max(SIZE_MULTIPLE, round((area / aspect) ** 0.5) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    return {"width": width, "height": height}

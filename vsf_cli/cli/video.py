@@ -16,7 +16,7 @@ DEFAULT_OUTPUT = "out/{slug}_{seed}.mp4"
 def video(
     prompt: str = typer.Argument(None, help="What to film (optional with --from)."),
     neg: str = g.NEG,
-    model: str = typer.Option(None, "--model", "-m", help="wan (= wan-1.3b), wan-14b, a local WanPipeline folder or hub id. (default: wan-1.3b)"),
+    model: str = typer.Option(None, "--model", "-m", help="wan (= wan-1.3b), wan-14b, wan-i2v-14b (with --image), a local Wan folder or hub id. (default: wan-1.3b)"),
     method: str = g.METHOD,
     scale: float = g.SCALE,
     offset: float = g.OFFSET,
@@ -37,7 +37,7 @@ def video(
     count: int = g.COUNT,
     output_format: str = typer.Option("mp4", "--format", help="mp4 (H.264), gif, webp, or frames (a folder of PNGs). (default: mp4)"),
     output: str = typer.Option(DEFAULT_OUTPUT, "--output", "-o", help="Output template; fields {index} {seed} {slug} {model} {method}; its extension follows --format."),
-    image: Path = typer.Option(None, "--image", help="Image-to-video is not supported yet; this flag explains why."),
+    image: Path = typer.Option(None, "--image", help="Image-to-video: the first frame (needs --model wan-i2v-14b); the size follows its aspect ratio."),
     vae_tiling: bool = typer.Option(None, "--vae-tiling/--no-vae-tiling", help="Decode the video in tiles: less memory, faint seams. (default: off)"),
     overwrite: bool = g.OVERWRITE,
     device: str = g.DEVICE,
@@ -59,9 +59,6 @@ def video(
         from vsf_cli.batch.spec import parse_size
         from vsf_cli.render.video import output_path, sidecar
 
-        if image is not None:
-            raise UsageError("--image: image-to-video (WanImageToVideoPipeline) is not supported yet; "
-                             "the guidance already leaves image-context tokens unflipped, the command does not load I2V")
         if not prompt and not from_file:
             raise UsageError("missing PROMPT (or --from FILE)")
         flags = {
@@ -70,7 +67,7 @@ def video(
             "nasa_scale": nasa_scale, "cfg_scale": cfg_scale, "steps": steps, "guidance_scale": guidance_scale,
             "frames": frames, "fps": fps, "trim_start": trim_start, "vae_tiling": vae_tiling,
             "lora": lora or None, "default_lora": None if default_lora else False, "device": device, "dtype": dtype, "offload": offload,
-            **(parse_size(size) if size else {}),
+            **(parse_size(size) if size else {}), "image": str(image) if image else None,
         }
 
         def plan(settings: dict, seed_list: list[int]):

@@ -120,7 +120,7 @@ def load_pipeline(
     parsed = [parse_lora(s) for s in loras]
     if spec.family not in PIPELINES:
         raise UsageError(f"model family {spec.family} is not supported yet; supported: {', '.join(PIPELINES)}")
-    class_name = PIPELINES[spec.family]["text"]
+    class_name = PIPELINES[spec.family][spec.task]
     if offline:
         set_offline(True)
 

@@ -38,6 +38,7 @@ class ModelSpec:
     fps: int | None = None
     trim_start: int | None = None
     flow_shift: float | None = None
+    task: str = "text"  # which of the family's PIPELINES loads it: "text", or "img2video" (the input image is required)
 
     folder: str | None = None  # a model shipped inside the package (the toy)
 
@@ -111,6 +112,15 @@ _SPECS: tuple[ModelSpec, ...] = (
         note="with the lightx2v step/CFG-distill LoRA at 0.4, 6 steps, bias -0.3 as the VSF authors' script; "
         "their alpha was 0.1 x prompt/negative token ratio, 1.0 here is untested",
     ),
+    ModelSpec(
+        alias="wan-i2v-14b", family="wan", hub_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", gated=False, steps=4,
+        width=832, height=480, scale=1.0, offset=0.3, guidance_scale=1.0, max_sequence_length=512,
+        loras=("lightx2v/Wan2.1-I2V-14B-480P-StepDistill-CfgDistill-Lightx2v/loras/"
+               "Wan21_I2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors:1.0",),
+        distilled=True, frames=81, fps=16, trim_start=0, flow_shift=3.0, task="img2video",
+        note="image-to-video (--image): the first frame is given; lightx2v's I2V distill LoRA at its own 1.0 and 4 "
+        "steps; VSF numbers are wan-14b's, untested (the VSF authors published no I2V setting)",
+    ),
 )
 
 MODELS: dict[str, ModelSpec] = {s.alias: s for s in _SPECS}
@@ -134,11 +144,13 @@ PIPELINES: dict[Family, dict[str, str]] = {
     # Image-to-video is guided through the Python API only; `vsf video` does not load it yet.
     "wan": {"text": "WanPipeline", "img2video": "WanImageToVideoPipeline"},
 }
+LOADABLE_TASKS = ("text", "img2video")  # tasks a model is loaded for; the others are built from a loaded text pipeline
 # model_index.json `_class_name` (or a loaded pipeline's class) -> family.
 PIPELINE_CLASS_FAMILY: dict[str, Family] = {cls: fam for fam, tasks in PIPELINES.items() for cls in tasks.values()}
 
 # Hub repo names -> family, checked as substrings of the lower-cased id.
-_HUB_NAME_FAMILY: tuple[tuple[str, Family], ...] = (("stable-diffusion-3", "sd3"), ("flux", "flux"), ("wan2.1-t2v", "wan"))
+_HUB_NAME_FAMILY: tuple[tuple[str, Family], ...] = (("stable-diffusion-3", "sd3"), ("flux", "flux"), ("wan2.1-t2v", "wan"),
+                                                    ("wan2.1-i2v", "wan"))
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -185,16 +197,16 @@ def _from_folder(path: Path) -> ModelSpec:
     except (OSError, ValueError, AttributeError) as e:
         raise UsageError(f"cannot read {index}: {e}") from None
     family = PIPELINE_CLASS_FAMILY.get(class_name) if isinstance(class_name, str) else None
-    if family is not None and class_name != PIPELINES[family]["text"] and "video" in PIPELINES[family]:
-        raise UsageError(f"{path} holds a {class_name}; `vsf video` makes text-to-video only (the Python API "
-                         "`vsf_cli.guidance.apply` guides image-to-video pipelines)")
     if family is None:
         raise UsageError(
             f"{path} holds a {class_name} pipeline; supported families: {', '.join(FAMILY_DEFAULT)} "
             f"(pipelines {', '.join(PIPELINE_CLASS_FAMILY)})"
         )
+    task = next(task for task, name in PIPELINES[family].items() if name == class_name)
+    if task not in LOADABLE_TASKS:  # img2img / inpaint pipelines are built from the text pipeline's weights
+        task = "text"
     return _family_defaults(
-        family, alias=str(path), hub_id=None,
+        family, alias=str(path), hub_id=None, task=task,
         note=f"local folder; defaults from {FAMILY_DEFAULT[family]}, override with flags",
     )
 
@@ -211,6 +223,6 @@ def _from_hub_id(hub_id: str) -> ModelSpec:
             "or a local diffusers folder"
         )
     return _family_defaults(
-        family, alias=hub_id, hub_id=hub_id,
+        family, alias=hub_id, hub_id=hub_id, task="img2video" if "-i2v-" in lowered else "text",
         note=f"hub id outside the table; defaults from {FAMILY_DEFAULT[family]}, override with flags",
     )
