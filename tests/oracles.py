@@ -129,6 +129,28 @@ def run_with_oracle(pipe, processor, extra_tokens, **call):
         pipe.transformer.set_attn_processor(original)
 
 
+def check_uncond_passes_run_plain(pipe, run) -> None:
+    """Record every transformer call of `run()` (a CFG render inside `guidance.apply`); calls alternate cond, uncond.
+
+    Afterwards, with guidance gone, each uncond call must equal the stock transformer on the same inputs bit for
+    bit, and each cond call must differ from it.
+    """
+    calls = []
+
+    def record(module, args, kwargs, output):
+        calls.append(({k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}, output[0].clone()))
+
+    handle = pipe.transformer.register_forward_hook(record, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    assert len(calls) >= 2 and len(calls) % 2 == 0
+    for i, (kwargs, output) in enumerate(calls):
+        plain = pipe.transformer(**kwargs)[0]
+        assert torch.equal(output, plain) if i % 2 else not torch.allclose(output, plain, atol=1e-4)
+
+
 def hooks_left(transformer) -> bool:
     """Whether guidance left any torch or diffusers hook on the transformer."""
     registry = getattr(transformer, "_diffusers_hook", None)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from oracles import hooks_left
+from oracles import check_uncond_passes_run_plain, hooks_left
 from vsf_cli import guidance
 from vsf_cli.cli import app
 
@@ -135,22 +135,12 @@ def test_restore_is_bit_exact_and_huge_offset_is_positive_only(flux):
 @torch.no_grad()
 def test_true_cfg_unconditional_pass_runs_plain_attention(flux):
     """With true CFG the pipeline's "uncond" forward must see the stock model, the "cond" one VSF."""
-    calls = []
-
-    def record(module, args, kwargs, output):
-        calls.append(({k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}, output[0].clone()))
-
-    handle = flux.transformer.register_forward_hook(record, with_kwargs=True)
-    try:
+    def run():
         with guidance.apply(flux, "vsf", negative="wheels"):
             flux("a red bike", negative_prompt="blurry", true_cfg_scale=2.0, num_inference_steps=2, height=32,
                  width=32, generator=torch.Generator().manual_seed(0), output_type="latent")
-    finally:
-        handle.remove()
-    assert len(calls) == 4  # cond, uncond per step
-    for i, (kwargs, output) in enumerate(calls):
-        plain = flux.transformer(**kwargs)[0]
-        assert torch.equal(output, plain) if i % 2 else not torch.allclose(output, plain, atol=1e-4)
+
+    check_uncond_passes_run_plain(flux, run)
 
 
 @pytest.mark.parametrize("method", ["nag", "nasa", "cfg"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from oracles import DenseCross, hooks_left
+from oracles import DenseCross, check_uncond_passes_run_plain, hooks_left
 from tiny import build_wan
 from vsf_cli import guidance
 from vsf_cli.cli import app
@@ -118,24 +118,11 @@ def test_infinite_offset_equals_positive_alone(wan):
 @torch.no_grad()
 def test_cfg_unconditional_pass_runs_plain_attention(wan):
     """guidance_scale > 1: the pipeline's "uncond" forward must see the stock model, the "cond" one VSF."""
-    calls = []
-
-    def record(module, args, kwargs, output):
-        calls.append(({k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}, output[0].clone()))
-
-    handle = wan.transformer.register_forward_hook(record, with_kwargs=True)
-    try:
+    def run():
         with guidance.apply(wan, "vsf", negative=NEG):
             render(wan, guidance_scale=3.0, negative_prompt="blurry")
-    finally:
-        handle.remove()
-    assert len(calls) == 2 * CALL["num_inference_steps"]  # cond, uncond per step, in that order
-    for i, (kwargs, output) in enumerate(calls):
-        plain = wan.transformer(**kwargs)[0]
-        if i % 2:
-            assert torch.equal(output, plain)
-        else:
-            assert not torch.allclose(output, plain, atol=1e-4)
+
+    check_uncond_passes_run_plain(wan, run)
 
 
 @pytest.fixture(scope="session")

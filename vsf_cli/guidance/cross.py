@@ -5,7 +5,7 @@ from collections.abc import Callable
 import torch
 
 from vsf_cli.errors import UsageError
-from vsf_cli.guidance.install import Installation, pad_negatives
+from vsf_cli.guidance.install import Installation, NegativeTokens
 
 CrossKernel = Callable[..., torch.Tensor]
 
@@ -63,10 +63,9 @@ def install_cross(
 
     `reference_layout` changes nothing here: the seed code's Wan pipeline has the paper's layout (no duplicate).
     """
-    embeds = [family.encode_negative(pipe, text) for text in negatives]
+    stack = NegativeTokens([family.encode_negative(pipe, text) for text in negatives])
     state = CrossState(kernel)
     installed = Installation()
-    stacked: dict[tuple, tuple] = {}  # per (batch, device, dtype): built once, not on every step
 
     def add_negative(kwargs: dict, guided: bool) -> dict:
         family.check_call(pipe)
@@ -75,10 +74,7 @@ def install_cross(
             return kwargs
         name = family.text_kwarg
         positive = kwargs[name]
-        key = (positive.shape[0], positive.device, positive.dtype)
-        if key not in stacked:
-            stacked[key] = pad_negatives(embeds, *key)
-        tokens, mask = stacked[key]
+        tokens, mask = stack.like(positive)
         context, state.n_positive = negative_context(positive, tokens, padded)
         state.n_text = context.shape[1]
         # A padded negative is read as the pipeline reads a positive, padding included, so it needs no key mask.
@@ -93,4 +89,3 @@ def install_cross(
         installed.remove()
         raise
     return installed
-

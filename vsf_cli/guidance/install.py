@@ -55,6 +55,21 @@ class _CallHook(ModelHook):
         return module
 
 
+class NegativeTokens:
+    """Per-prompt negative embeddings, stacked for a call's batch, device and dtype once and reused every step."""
+
+    def __init__(self, embeds: list[torch.Tensor]) -> None:
+        self.embeds = embeds
+        self._stacked: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def like(self, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tokens, key mask or None) matching the positive's batch, device and dtype (see `pad_negatives`)."""
+        key = (positive.shape[0], positive.device, positive.dtype)
+        if key not in self._stacked:
+            self._stacked[key] = pad_negatives(self.embeds, *key)
+        return self._stacked[key]
+
+
 def pad_negatives(embeds: list[torch.Tensor], batch: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stack per-prompt negative embeddings (1, n_i, C) into (batch, max n, C) plus a key mask (None if all equal).
 

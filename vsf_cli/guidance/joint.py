@@ -5,13 +5,13 @@ from collections.abc import Callable
 import torch
 
 from vsf_cli.errors import UsageError
-from vsf_cli.guidance.install import Installation, pad_negatives
+from vsf_cli.guidance.install import Installation, NegativeTokens
 
 JointKernel = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 class JointState:
-    """Per-call layout of the text stream [positive, negative], written by the pre-hook and read by processors."""
+    """Per-call layout of the text stream [positive, negative], written by the call hook and read by processors."""
 
     def __init__(self, kernel: JointKernel) -> None:
         self.kernel = kernel
@@ -47,10 +47,9 @@ def install_joint(
     `active(transformer_kwargs)` may switch guidance off for a call; the stock processors then run, as they do on a
     classifier-free-guidance unconditional pass.
     """
-    embeds = [family.encode_negative(pipe, text, padded=padded) for text in negatives]
+    stack = NegativeTokens([family.encode_negative(pipe, text, padded=padded) for text in negatives])
     state = JointState(kernel)
     installed = Installation()
-    stacked: dict[tuple, tuple] = {}  # per (batch, device, dtype): built once, not on every step
 
     def append_negative(kwargs: dict, guided: bool) -> dict:
         family.check_call(pipe)
@@ -59,10 +58,7 @@ def install_joint(
             return kwargs
         name = family.text_kwarg
         positive = kwargs[name]
-        key = (positive.shape[0], positive.device, positive.dtype)
-        if key not in stacked:
-            stacked[key] = pad_negatives(embeds, *key)
-        tokens, mask = stacked[key]
+        tokens, mask = stack.like(positive)
         if reference_layout and mask is not None:
             raise UsageError("compat=reference needs negatives of equal token length in one batch (as the seed code)")
         stream = [positive, tokens, tokens] if reference_layout else [positive, tokens]
