@@ -238,13 +238,14 @@ def test_settings_are_the_method_plus_what_varies_and_questions_fall_back_to_the
     assert items[0].questions == eval_items.template_questions("a red bicycle", "chain")
 
 
-def test_a_video_is_judged_on_evenly_spaced_frames(tmp_path):
-    import imageio.v3 as iio
+@pytest.mark.parametrize("name", ["v.mp4", "v.webp"])
+def test_a_video_is_judged_on_evenly_spaced_frames(tmp_path, name):
+    from vsf_cli.render.video import save_video
 
-    iio.imwrite(tmp_path / "v.mp4", np.stack([np.full((32, 32, 3), 20 * i, np.uint8) for i in range(10)]), fps=8)
-    means = [np.asarray(f).mean() for f in eval_items.frames(tmp_path / "v.mp4", 4)]
+    save_video(np.stack([np.full((32, 32, 3), 20 * i, np.uint8) for i in range(10)]), tmp_path / name, 8, {})
+    means = [np.asarray(f).mean() for f in eval_items.frames(tmp_path / name, 4)]
     assert np.allclose(means, [0, 60, 120, 180], atol=3)
-    item = eval_items.Item(id="v", run=tmp_path, file="v.mp4", sha256="0", prompt="a car", negative="wheels", seed=0,
+    item = eval_items.Item(id="v", run=tmp_path, file=name, sha256="0", prompt="a car", negative="wheels", seed=0,
                            method="vsf", settings={}, meta={}, questions=("Q1?", "Q2?"))
     judge = judges.OpenAIJudge("m", "http://127.0.0.1:9/v1", frames=3)
     content = judge.messages(item)[1]["content"]

@@ -9,8 +9,6 @@ from pathlib import Path
 
 from vsf_cli.errors import UsageError
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".gif")
-
 # Settings that change from item to item by design, or only say where it ran; never part of a setting's label.
 _PER_ITEM = {"prompt", "negative", "seed", "image", "image_sha256", "mask", "mask_sha256", "device", "dtype", "offload"}
 
@@ -45,6 +43,8 @@ class Item:
 
     @property
     def is_video(self) -> bool:
+        from vsf_cli.render.metadata import VIDEO_SUFFIXES
+
         return self.file.lower().endswith(VIDEO_SUFFIXES)
 
     @property
@@ -110,13 +110,13 @@ def label_settings(items: list[Item]) -> None:
 
 def frames(path: Path, n: int) -> list:
     """n evenly spaced frames of a video as PIL images (first and last included when n > 1)."""
-    import imageio.v3 as iio
     from PIL import Image
 
-    video = iio.imread(path, index=None)  # every frame; videos of few-step models are short
+    from vsf_cli.render.video import read_frames
+
+    video = read_frames(path)  # every frame; videos of few-step models are short
     count = len(video)
     if count == 0:
         raise ValueError(f"{path} has no frames")
     picks = [round(i * (count - 1) / (n - 1)) for i in range(n)] if n > 1 else [count // 2]
     return [Image.fromarray(video[i]) for i in picks]
-

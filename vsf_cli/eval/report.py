@@ -92,7 +92,8 @@ def _font(size: int):
 def _thumb(path: Path):
     from PIL import Image
 
-    from vsf_cli.eval.items import VIDEO_SUFFIXES, frames
+    from vsf_cli.eval.items import frames
+    from vsf_cli.render.metadata import VIDEO_SUFFIXES
 
     if path.suffix.lower() in VIDEO_SUFFIXES:
         im = frames(path, 1)[0]
