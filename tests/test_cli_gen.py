@@ -214,3 +214,14 @@ def test_help_imports_no_torch():
     code = "import sys; from vsf_cli.cli import app; print('torch' in sys.modules or 'diffusers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
     assert runner.invoke(app, ["gen", "--help"]).exit_code == 0
+
+
+def test_a_reader_that_leaves_early_stops_the_command_quietly(tmp_path):
+    """`vsf ... | head -1`: no traceback and no error line, and the status a SIGPIPE gives (141)."""
+    reader = subprocess.Popen([sys.executable, "-m", "vsf_cli", "gen", "a car", "--neg", "wheels", "--model", "toy",
+                               "--seeds", "20000", "--dry-run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              cwd=tmp_path)
+    assert reader.stdout.readline().startswith(b"out/")
+    reader.stdout.close()  # the reader goes away while vsf still has thousands of lines to print
+    assert reader.wait(timeout=60) == 141
+    assert reader.stderr.read() == b""

@@ -1,6 +1,8 @@
 """Shared CLI plumbing: the stderr console, logging verbosity and the error-to-exit-code boundary."""
 
 import contextlib
+import os
+import sys
 
 import typer
 from rich.console import Console
@@ -35,6 +37,10 @@ def errors_to_exit_codes(debug: bool = False):
     except KeyboardInterrupt:
         console.print("interrupted")
         raise typer.Exit(130) from None
+    except BrokenPipeError:
+        # The reader left (`vsf ... | head`): stop quietly with the status a SIGPIPE gives, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail again
+        raise typer.Exit(141) from None
     except typer.Exit:
         raise
     except Exception as e:  # noqa: BLE001 — the last line of defence for users, not for tests

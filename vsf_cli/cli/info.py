@@ -1,4 +1,4 @@
-"""`vsf info`: print the generation settings stored in an image or JSON sidecar written by vsf (or A1111/Forge)."""
+"""`vsf info`: print the generation settings stored in an image, video or JSON sidecar written by vsf (or A1111/Forge)."""
 
 import json
 from pathlib import Path
@@ -15,10 +15,10 @@ _ORDER = ("prompt", "negative", "model", "method", "scale", "offset", "compat", 
 
 @app.command("info")
 def info_command(
-    file: Path = typer.Argument(..., help="A PNG or .json sidecar made by vsf, or an image with A1111 parameters."),
+    file: Path = typer.Argument(..., help="A PNG, video (mp4, gif, webp, frames folder) or .json sidecar made by vsf, or an image with A1111 parameters."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
-    """Show the settings an image was made with."""
+    """Show the settings an image or video was made with."""
     with errors_to_exit_codes():
         from vsf_cli.render.metadata import read_metadata
 
