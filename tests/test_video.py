@@ -324,3 +324,15 @@ def test_image_to_video_size_follows_the_image():
         size = (480, 832)
 
     assert _first_frame({"image": "x.png"}, Portrait(), MODELS["wan-i2v-14b"]) == {"width": 480, "height": 832}
+
+
+def test_out_of_memory_mid_video_is_one_line_and_leaves_no_file(wan_dir, tmp_path, monkeypatch):
+    from diffusers import WanPipeline
+
+    def oom(self, *a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+
+    monkeypatch.setattr(WanPipeline, "__call__", oom)
+    result = video(wan_dir, tmp_path, "--frames", "5", "-q")
+    assert result.exit_code == 1 and "--vae-tiling" in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())

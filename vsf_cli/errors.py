@@ -37,7 +37,8 @@ def is_out_of_memory(e: BaseException) -> bool:
 def describe(e: BaseException) -> str:
     """One line for any exception; out of memory gets advice instead of a type name."""
     if is_out_of_memory(e):
-        return "out of memory on the device. Try --offload model (or sequential), a smaller --size, or --dtype bfloat16."
+        return ("out of memory on the device. Try --offload model (or sequential), a smaller --size, or --dtype "
+                "bfloat16; for video also fewer --frames or --vae-tiling.")
     if isinstance(e, VsfError):
         return str(e)
     first = str(e).splitlines()[0] if str(e) else ""
