@@ -72,7 +72,7 @@ def video(
 
         def plan(settings: dict, seed_list: list[int]):
             if settings["family"] != "wan":
-                raise UsageError(f"{settings['model']} makes images; use `vsf gen` (video models: wan-1.3b, wan-14b)")
+                raise UsageError(f"{settings['model']} makes images; use `vsf gen` (video models: wan-1.3b, wan-14b, wan-i2v-14b)")
             template = str(output_path(Path(output), output_format)) if output == DEFAULT_OUTPUT else output
             suffix = output_path(Path("x.mp4"), output_format).suffix
             return g.plan_paths(settings, seed_list, template, overwrite, suffix, also=lambda path: [sidecar(path)])
