@@ -456,7 +456,7 @@ def test_offline_local_folder_still_loads(restore_offline_state, tiny_sd3):
 
 def test_set_offline_before_import_in_a_fresh_process(tmp_path):
     """The documented order: set_offline() first, then diffusers reads HF_HUB_OFFLINE at import."""
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import sys
         from vsf_cli.models.loading import set_offline
         set_offline(True)

@@ -3,7 +3,6 @@
 import json
 import os
 import platform
-import sys
 from importlib import metadata
 
 import typer

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import torch
 
 from vsf_cli.errors import UsageError
-from vsf_cli.guidance.install import Installation, NegativeTokens
+from vsf_cli.guidance.install import Installation, NegativeTokens, install
 
 CrossKernel = Callable[..., torch.Tensor]
 
@@ -65,27 +65,15 @@ def install_cross(
     """
     stack = NegativeTokens([family.encode_negative(pipe, text) for text in negatives])
     state = CrossState(kernel)
-    installed = Installation()
 
-    def add_negative(kwargs: dict, guided: bool) -> dict:
-        family.check_call(pipe)
-        state.active = guided and (active is None or active(kwargs))
-        if not state.active:
-            return kwargs
+    def add_negative(kwargs: dict) -> dict:
         name = family.text_kwarg
-        positive = kwargs[name]
-        tokens, mask = stack.like(positive)
-        context, state.n_positive = negative_context(positive, tokens, padded)
+        tokens, mask = stack.like(kwargs[name])
+        context, state.n_positive = negative_context(kwargs[name], tokens, padded)
         state.n_text = context.shape[1]
         # A padded negative is read as the pipeline reads a positive, padding included, so it needs no key mask.
         state.negative_mask = None if padded else mask
         return {**kwargs, name: context}
 
-    try:
-        installed.before_call(pipe.transformer, add_negative)
-        for attn in family.cross_attentions(pipe.transformer):
-            installed.swap_processor(attn, family.CrossProcessor(state, attn.processor))
-    except BaseException:
-        installed.remove()
-        raise
-    return installed
+    return install(pipe, family, state, active, add_negative, family.cross_attentions(pipe.transformer),
+                   family.CrossProcessor)

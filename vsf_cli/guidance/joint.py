@@ -5,7 +5,7 @@ from collections.abc import Callable
 import torch
 
 from vsf_cli.errors import UsageError
-from vsf_cli.guidance.install import Installation, NegativeTokens
+from vsf_cli.guidance.install import Installation, NegativeTokens, install
 
 JointKernel = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
@@ -49,13 +49,8 @@ def install_joint(
     """
     stack = NegativeTokens([family.encode_negative(pipe, text, padded=padded) for text in negatives])
     state = JointState(kernel)
-    installed = Installation()
 
-    def append_negative(kwargs: dict, guided: bool) -> dict:
-        family.check_call(pipe)
-        state.active = guided and (active is None or active(kwargs))
-        if not state.active:
-            return kwargs
+    def append_negative(kwargs: dict) -> dict:
         name = family.text_kwarg
         positive = kwargs[name]
         tokens, mask = stack.like(positive)
@@ -68,11 +63,5 @@ def install_joint(
         added = state.n_text - positive.shape[1]
         return family.extend_kwargs({**kwargs, name: torch.cat(stream, dim=1)}, added)
 
-    try:
-        installed.before_call(pipe.transformer, append_negative)
-        for attn in family.joint_attentions(pipe.transformer):
-            installed.swap_processor(attn, family.JointProcessor(state, attn.processor))
-    except BaseException:
-        installed.remove()
-        raise
-    return installed
+    return install(pipe, family, state, active, append_negative, family.joint_attentions(pipe.transformer),
+                   family.JointProcessor)

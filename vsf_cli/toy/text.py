@@ -18,8 +18,6 @@ def clip_tokenizer():
     The stock class keeps the pipeline's code path. Each word gets a chain of merges (g r -> gr, gr e -> gre, ...);
     a word whose letters another chain would merge first ("re" of "red" inside "green") has its chain moved ahead.
     """
-    from transformers import CLIPTokenizer
-
     order = list(world.VOCAB)
     for _ in range(len(order)):
         tok = _clip_tokenizer(order)
