@@ -25,6 +25,15 @@ def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/] {escape(message)}")
 
 
+def progress_bar(quiet: bool, eta: bool = True):
+    """A rich progress bar on stderr: only on a terminal and without -q, and gone when done."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    clock = TimeRemainingColumn() if eta else TimeElapsedColumn()
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), clock, console=console,
+                    transient=True, disable=quiet or not console.is_terminal)
+
+
 @contextlib.contextmanager
 def errors_to_exit_codes(debug: bool = False):
     """Turn user-facing failures into one line and an exit code; `--debug` re-raises with a traceback."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vsf_cli.cli import app
-from vsf_cli.cli.common import console, errors_to_exit_codes, warn
+from vsf_cli.cli.common import console, errors_to_exit_codes, progress_bar, warn
 from vsf_cli.errors import UsageError
 
 
@@ -87,10 +87,7 @@ def _baseline(spec: str, items: list, eval_items, eval_run) -> tuple[list | None
 
 
 def _with_progress(run_dir: Path, work, quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=console, transient=True, disable=quiet or not console.is_terminal)
+    progress = progress_bar(quiet)
     with progress:
         task = progress.add_task(f"judging {run_dir}", total=None)
         return work(lambda done, total: progress.update(task, completed=done, total=total))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from vsf_cli.cli.common import console, warn
+from vsf_cli.cli.common import console, progress_bar, warn
 from vsf_cli.errors import UsageError
 
 # Options both commands take; each is declared once so the two help screens cannot drift apart.
@@ -109,8 +109,6 @@ def plan_paths(settings: dict, seed_list: list[int], template: str, overwrite: b
 
 
 def _render(jobs: list[tuple[Path, dict]], *, offline: bool, as_json: bool, quiet: bool, verbose: bool) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from vsf_cli.generate import Renderer
 
     first = jobs[0][1]
@@ -123,8 +121,7 @@ def _render(jobs: list[tuple[Path, dict]], *, offline: bool, as_json: bool, quie
     if verbose:
         console.print(f"loaded in {time.perf_counter() - started:.1f}s on {renderer.resolved['device']} "
                       f"({renderer.resolved['dtype']})")
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, transient=True, disable=quiet or not console.is_terminal)
+    progress = progress_bar(quiet, eta=False)
     with progress:
         for path, s in jobs:
             task = progress.add_task(f"seed {s['seed']}", total=s["steps"])
