@@ -109,11 +109,13 @@ def test_text_and_neggenbench_inputs(tmp_path):
     small = spec.load(write(tmp_path, json.dumps(items), "bench.json"))
     jobs = expand(small)
     assert len(jobs) == 2 and jobs[0].meta == {"id": 0, "question_positive": "Q1", "question_negative": "Q2"}
-    shared = Path(__file__).resolve().parents[2] / "shared/data/neggenbench.json"  # beside every checkout and CI
-    bench = spec.load(shared)
-    assert len(bench.jobs) == 200 and bench.seeds == [0, 1]
+    # The 200 pairs ship as a preset; written back out as NegGenBench JSON, they read back as the same jobs.
     shipped = spec.load(spec.preset_path("neggenbench"))
-    assert [(j.prompt, j.neg) for j in shipped.jobs] == [(j.prompt, j.neg) for j in bench.jobs]
+    assert len(shipped.jobs) == 200 and shipped.seeds == [0, 1]
+    assert all(j.neg and j.meta["question_positive"] and j.meta["question_negative"] for j in shipped.jobs)
+    as_json = [{"prompt": j.prompt, "negative": j.neg, **j.meta} for j in shipped.jobs]
+    bench = spec.load(write(tmp_path, json.dumps(as_json), "neggenbench.json"))
+    assert [(j.prompt, j.neg, j.meta) for j in bench.jobs] == [(j.prompt, j.neg, j.meta) for j in shipped.jobs]
 
 
 def test_shipped_presets_load_and_expand():

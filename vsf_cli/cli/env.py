@@ -52,6 +52,12 @@ def collect() -> dict:
 
 
 def _version(dist: str) -> str | None:
+    if dist == "torch":  # the distribution's version drops the build tag (+cpu, +cu130) that a bug report needs
+        try:
+            import torch
+        except ImportError:
+            return None
+        return torch.__version__
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
