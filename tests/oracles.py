@@ -48,7 +48,7 @@ def softmax_attention(q, k, v, mask=None):
 class DenseVSF:
     """VSF written from the paper's table: full q/k/v, one dense mask, softmax.
 
-    `layout` "paper": stream [P, N0]; "reference": the seed code's [P, Na, Nb] (METHOD.md §2.3 table).
+    `layout` "paper": stream [P, N0]; "reference": the seed code's [P, Na, Nb] (docs/method.md §2.3, its table).
     """
 
     def __init__(self, n_pos, n_neg, scale, offset, layout="paper"):

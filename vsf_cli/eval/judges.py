@@ -14,7 +14,7 @@ from vsf_cli.eval.items import Item, frames
 # Bump when SYSTEM_PROMPT, the user turn or the schema changes: cached answers of another version are not reused.
 PROMPT_VERSION = "vsf-judge-1"
 
-# A paraphrase of the paper's judge instructions (experiments/judge.py `vqa`; METHOD.md section 7).
+# A paraphrase of the paper's judge instructions (experiments/judge.py `vqa`; docs/method.md §7.2).
 SYSTEM_PROMPT = """\
 You judge images made by an image generator. You get two yes/no questions about one image.
 - Question 1 asks whether the main object is present. Answer true if it is, whether or not it has the part or \

@@ -90,7 +90,7 @@ def vsf_cross(
     negative_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """VSF in cross-attention (Wan `attn2`): one softmax over the context [positive + padding, negative] in which
-    the negative's values are multiplied by -scale and its logits get -offset (METHOD.md §4).
+    the negative's values are multiplied by -scale and its logits get -offset (docs/method.md §4).
 
     Every image query sees the same keys, so the offset is one broadcast bias row (batch, 1, 1, keys), never an
     n_image x keys mask. Measured against a log-sum-exp split, this single fused call is the faster (docs/benchmarks.md).
@@ -129,7 +129,7 @@ def vsf_joint(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """VSF in one joint (MMDiT) attention layer; returns the outputs of the image, positive and negative queries.
 
-    Visibility (paper Fig. 3; METHOD.md §2.2), with the flipped copy N1 = (K_N0, -scale * V_N0):
+    Visibility (paper Fig. 3; docs/method.md §2.2), with the flipped copy N1 = (K_N0, -scale * V_N0):
       image queries     -> image, positive, N1 (logits - offset)
       positive queries  -> image, positive
       negative queries  -> image, negative (the collector N0)

@@ -33,7 +33,7 @@ def negative_context(positive: torch.Tensor, tokens: torch.Tensor, padded: bool)
 
     Unpadded (VSF): the negative's n_N tokens replace the last n_N rows of the positive's zero padding, so the
     context stays L tokens, [positive + padding, negative], as if the positive were encoded to L - n_N tokens
-    (METHOD.md §4). Padded (NAG, NASA): the negative, zero-padded to L like the positive, follows it.
+    (docs/method.md §4.1). Padded (NAG, NASA): the negative, zero-padded to L like the positive, follows it.
     """
     length = positive.shape[1]
     if padded:

@@ -21,7 +21,7 @@ class Installation:
 
         `guided` is False on a classifier-free-guidance unconditional pass. Wan and Flux (true CFG) run that pass
         as its own forward inside `transformer.cache_context("uncond")`, which only diffusers' *stateful* hooks
-        see; guidance applies to the conditional pass only, as in the VSF authors' Wan pipeline (METHOD.md §4).
+        see; guidance applies to the conditional pass only, as in the VSF authors' Wan pipeline (docs/method.md §5).
         """
         registry = HookRegistry.check_if_exists_or_initialize(transformer)
         registry.register_hook(_CallHook(before), HOOK_NAME)

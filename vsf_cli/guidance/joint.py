@@ -42,7 +42,7 @@ def install_joint(
     """Append the negative to the text stream on every transformer call and route joint attention through `kernel`.
 
     `padded` encodes the negative like a positive (NAG and NASA do; VSF must not, or padding gets flipped too).
-    `reference_layout` reproduces the seed code's stream [P, Na, Nb] (METHOD.md §2.3): Na then acts as part of
+    `reference_layout` reproduces the seed code's stream [P, Na, Nb] (docs/method.md §2.3): Na then acts as part of
     the positive, and Nb is the collector whose flipped copy the image reads.
     `active(transformer_kwargs)` may switch guidance off for a call; the stock processors then run, as they do on a
     classifier-free-guidance unconditional pass.

@@ -6,7 +6,7 @@ from vsf_cli.guidance.base import AttentionMethod
 
 
 class NASA(AttentionMethod):
-    """NASA as the VSF authors reimplemented it: NAG's SD3 layout with a plain subtraction (METHOD.md §6)."""
+    """NASA as the VSF authors reimplemented it: NAG's SD3 layout with a plain subtraction (docs/method.md §6.2)."""
 
     nasa_scale: float = Field(0.22, ge=0.0, le=5.0, description="subtraction scale s; 0 = off")
 

@@ -94,8 +94,9 @@ _SPECS: tuple[ModelSpec, ...] = (
         distilled=True, note="guidance-distilled: guidance_scale 3.5 feeds its guidance embedding (not CFG); "
         "the authors report it follows negatives less well than schnell",
     ),
-    # Wan 2.1 text-to-video with a distill LoRA (METHOD.md §4-5). Our offset is subtracted: the seed code's bias of
-    # -0.2 (its README) is offset 0.2 here, which damps the negative outside the region it targets.
+    # Wan 2.1 text-to-video with a distill LoRA (docs/method.md §4; the numbers: docs/method.md §8). Our offset is
+    # subtracted: the seed code's bias of -0.2 (its README) is offset 0.2 here, which damps the negative outside the
+    # region it targets.
     ModelSpec(
         alias="wan-1.3b", family="wan", hub_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", gated=False, steps=8,
         width=832, height=480, scale=1.5, offset=0.2, guidance_scale=1.0, max_sequence_length=512,

@@ -14,7 +14,7 @@ T5_MAX_TOKENS = 256  # the pipelines' default max_sequence_length for the positi
 def encode_negative(pipe, text: str, padded: bool = False) -> torch.Tensor:
     """Encode a negative prompt as (1, tokens, joint_attention_dim) text-stream tokens.
 
-    Unpadded (VSF, METHOD.md §2.1): CLIP-L and CLIP-G penultimate states of BOS..EOS (the layer SD3 uses for the
+    Unpadded (VSF, docs/method.md §2.1): CLIP-L and CLIP-G penultimate states of BOS..EOS (the layer SD3 uses for the
     positive) joined on channels and zero-padded to the T5 width, then T5 tokens with EOS. Padding tokens would
     also get flipped values, so there are none. Padded: exactly the pipeline's own positive encoding.
     """

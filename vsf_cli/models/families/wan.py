@@ -11,7 +11,7 @@ text_kwarg = "encoder_hidden_states"
 
 @torch.no_grad()
 def encode_negative(pipe, text: str) -> torch.Tensor:
-    """Encode a negative prompt as (1, n_N, text_dim) UMT5 states with EOS and no padding (METHOD.md §4).
+    """Encode a negative prompt as (1, n_N, text_dim) UMT5 states with EOS and no padding (docs/method.md §4.1).
 
     The text is cleaned and tokenized as the pipeline does its positive; padding would be flipped too, so there is none.
     """
