@@ -51,3 +51,15 @@ def test_cross_references_inside_the_method_doc_exist():
     sections = set(HEADING.findall(text))
     referenced = set(re.findall(r"§(\d+(?:\.\d+)*)", text))
     assert referenced and referenced <= sections, sorted(referenced - sections)
+
+
+def test_readme_first_commands_show_the_cpu_route():
+    # A CPU-only machine must not be sent to the 6 GB CUDA wheel: the CPU index sits in the README's first block.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    first_block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
+    commands = [line for line in first_block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert len(commands) == 2
+    assert commands[0].startswith("pip install . && vsf gen ") and "--model toy" in commands[0]
+    assert commands[1].startswith('pip install -e ".[test]" && python -m pytest')
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in first_block
+    assert "459 MB" in readme and "963 MB" in readme
