@@ -276,3 +276,100 @@ def test_info_bad_file(tmp_path, runner):
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not an image" in lines[0]
+
+
+# --- metadata without decoding --------------------------------------------------------------------------------------
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _huge_png(path, side: int, text_chunks: list[bytes], after_idat: list[bytes] = ()) -> None:
+    """A valid, decodable side x side 1-bit grayscale PNG, a few kB on disk: decoding it would take side² bytes."""
+    import struct
+    import zlib
+
+    squeeze = zlib.compressobj(9)
+    row = b"\0" * (1 + (side + 7) // 8)  # filter byte, then the packed bits of one row
+    idat = b"".join(squeeze.compress(row) for _ in range(side)) + squeeze.flush()
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)))
+        for c in text_chunks:
+            f.write(c)
+        f.write(_chunk(b"IDAT", idat))
+        for c in after_idat:
+            f.write(c)
+        f.write(_chunk(b"IEND", b""))
+
+
+def test_text_chunks_of_every_kind_and_place(tmp_path):
+    import zlib
+
+    s = settings(prompt="猫 on a bike")
+    path = tmp_path / "kinds.png"
+    vsf = json.dumps(s).encode()
+    itxt = b"vsf\0\1\0\0\0" + zlib.compress(vsf)  # compressed iTXt, no language
+    ztxt = b"parameters\0\0" + zlib.compress(b"a cat\nSteps: 4, Seed: 9, Size: 64x32")
+    _huge_png(path, 64, [_chunk(b"tEXt", b"Software\0x")], after_idat=[_chunk(b"iTXt", itxt), _chunk(b"zTXt", ztxt)])
+    from vsf_cli.render.metadata import png_text_chunks
+
+    assert png_text_chunks(path) == {"Software": "x", "vsf": json.dumps(s), "parameters": "a cat\nSteps: 4, Seed: 9, Size: 64x32"}
+    assert read_metadata(path) == s
+    with Image.open(path) as im:  # PIL agrees, once it has read past the pixels
+        im.load()
+        assert im.text["vsf"] == json.dumps(s)
+
+
+def test_info_on_a_20000_pixel_square_reads_no_pixels(tmp_path):
+    """A 20000x20000 PNG (400 Mpx; PIL refuses it as a decompression bomb) is read in bounded memory, also by --from."""
+    import subprocess
+    import sys
+
+    s = settings(model="toy", width=32, height=32)
+    path = tmp_path / "huge.png"
+    _huge_png(path, 20000, [_chunk(b"tEXt", b"vsf\0" + json.dumps(s).encode())])
+    assert path.stat().st_size < 200_000
+    probe = (
+        "import json, resource, sys\n"
+        "from typer.testing import CliRunner\n"
+        "from vsf_cli.cli import app\n"
+        "info = CliRunner().invoke(app, ['info', sys.argv[1], '--json'])\n"
+        "replay = CliRunner().invoke(app, ['gen', '--from', sys.argv[1], '--dry-run'])\n"
+        "print(json.dumps({'info': [info.exit_code, info.stdout], 'replay': [replay.exit_code, replay.stdout],\n"
+        "                  'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["info"][0] == 0 and json.loads(result["info"][1]) == s
+    assert result["replay"][0] == 0 and '"model": "toy"' in result["replay"][1]
+    # Decoding would take 400 MB (PIL keeps 1-bit images at a byte per pixel); Linux reports ru_maxrss in kB.
+    assert result["maxrss_kb"] < 300 * 1024, result["maxrss_kb"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x89PNG\r\n\x1a\n" + b"\0\0\0\x0dIHDR\0\0", "damaged PNG"),  # cut inside the header chunk
+    (b"\x89PNG\r\n\x1a\n" + b"\xff\xff\xff\xff????", "damaged PNG"),  # garbage where a chunk should start
+    (b"\x89PNG\r\n", "not an image"),  # cut inside the signature
+    (os.urandom(64).replace(b"\x89", b"\0"), "not an image"),
+])
+def test_info_on_truncated_or_garbage_png_is_one_line(tmp_path, runner, content, message):
+    from vsf_cli.cli import app
+
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    result = runner.invoke(app, ["info", str(path)])
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Error" not in lines[0], lines
+
+
+def test_truncated_png_keeps_text_read_before_the_cut(tmp_path):
+    path = tmp_path / "cut.png"
+    save_png(Image.new("RGB", (64, 64), "red"), path, settings())
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(b"IDAT") + 20])  # cut inside the pixel data, after the text chunks
+    assert read_metadata(path) == settings()

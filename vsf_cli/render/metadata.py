@@ -145,11 +145,120 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def _image_text(path: Path) -> dict[str, str]:
-    from vsf_cli.render.images import open_image
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+MAX_TEXT_BYTES = 16 * 2**20  # per text chunk, after decompression; vsf's own chunks are a few kB
 
-    # Fully loaded, so text chunks written after the pixel data are in `info` too.
-    return {k: v for k, v in open_image(path).info.items() if isinstance(v, str)}
+
+def png_text_chunks(path: Path) -> dict[str, str]:
+    """The text chunks (tEXt, zTXt, iTXt) of a PNG, read without decoding a single pixel.
+
+    Chunks are walked from the signature to IEND, seeking past image data, so the cost is the same for a 32x32 and a
+    20000x20000 image, and text written after the pixel data is found too. CRCs are not checked: a damaged text
+    chunk shows up as damaged settings instead. Raises UsageError if the file is not a PNG or is cut short before
+    any text was read; a file cut short later keeps the chunks read so far.
+    """
+    chunks: dict[str, str] = {}
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != PNG_SIGNATURE:
+                raise UsageError(f"cannot read {path}: not a PNG")
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    break  # cut short between chunks
+                length, kind = int.from_bytes(head[:4], "big"), head[4:]
+                if length > 2**31 - 1 or not kind.isalpha():
+                    raise UsageError(f"cannot read {path}: damaged PNG (bad chunk header)")
+                if kind == b"IEND":
+                    return chunks
+                if kind not in _TEXT_CHUNKS or length > MAX_TEXT_BYTES:
+                    f.seek(length + 4, 1)  # data and CRC: pixels are never read
+                    continue
+                data = f.read(length)
+                if len(data) < length:
+                    break
+                f.seek(4, 1)
+                entry = _text_chunk(kind, data)
+                if entry is not None:
+                    chunks[entry[0]] = entry[1]  # the last of two same-named chunks wins, as in PIL
+    except FileNotFoundError:
+        raise UsageError(f"cannot read {path}: no such file") from None
+    except PermissionError:
+        raise UsageError(f"cannot read {path}: permission denied") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    if not chunks:
+        raise UsageError(f"cannot read {path}: damaged PNG (the file ends early)")
+    return chunks
+
+
+def _text_chunk(kind: bytes, data: bytes) -> tuple[str, str] | None:
+    """(keyword, text) of one text chunk, or None when it cannot be decoded (it is skipped, as PIL skips it)."""
+    import zlib
+
+    keyword, sep, rest = data.partition(b"\0")
+    if not sep or not keyword:
+        return None
+    try:
+        if kind == b"tEXt":
+            return keyword.decode("latin-1"), rest.decode("latin-1")
+        if kind == b"zTXt":
+            if rest[:1] != b"\0":  # 0 (zlib) is the only compression method PNG defines
+                return None
+            return keyword.decode("latin-1"), _inflate(rest[1:]).decode("latin-1")
+        compressed, method, rest = rest[:1], rest[1:2], rest[2:]
+        _language, _, rest = rest.partition(b"\0")
+        _translated, _, text = rest.partition(b"\0")
+        if compressed == b"\1":
+            if method != b"\0":
+                return None
+            text = _inflate(text)
+        return keyword.decode("latin-1"), text.decode("utf-8")
+    except (zlib.error, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _inflate(data: bytes) -> bytes:
+    """zlib-decompress at most MAX_TEXT_BYTES, so a small chunk cannot expand into gigabytes."""
+    import zlib
+
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, MAX_TEXT_BYTES)
+    if inflater.unconsumed_tail:
+        raise ValueError("text chunk too large")
+    return out
+
+
+def _image_text(path: Path) -> dict[str, str]:
+    """Text metadata of an image file without decoding its pixels: PNG chunks, else what PIL's header read gives."""
+    try:
+        with open(path, "rb") as f:
+            is_png = f.read(8) == PNG_SIGNATURE
+    except (FileNotFoundError, PermissionError, IsADirectoryError, OSError):
+        is_png = True  # png_text_chunks says why in one line
+    if is_png:
+        return png_text_chunks(path)
+    return _header_text(path)
+
+
+def _header_text(path: Path) -> dict[str, str]:
+    """String-valued `info` of a non-PNG image from PIL's header read (no pixels decoded, so no size limit)."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return {k: v for k, v in im.info.items() if isinstance(v, str)}
+    except Image.DecompressionBombError:
+        return {}  # a huge non-PNG: PIL refuses even its header, and vsf writes no metadata into those formats
+    except UnidentifiedImageError:
+        raise UsageError(f"cannot read {path}: not an image") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UsageError(f"cannot read {path}: damaged image ({e})") from None
 
 
 def read_metadata(path: Path) -> dict:
