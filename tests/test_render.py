@@ -373,3 +373,49 @@ def test_truncated_png_keeps_text_read_before_the_cut(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: data.index(b"IDAT") + 20])  # cut inside the pixel data, after the text chunks
     assert read_metadata(path) == settings()
+
+
+# --- video outputs: frames folders and their sidecars ---------------------------------------------------------------
+
+def test_check_free_frames_folder_and_its_sidecar(tmp_path):
+    folder, side = tmp_path / "clip_7", tmp_path / "clip_7.json"
+    side.write_text("{}")
+    with pytest.raises(VsfError, match=r"clip_7\.json already exists \(pass --overwrite") as e:
+        check_free([folder, side], overwrite=False, folders=True)
+    assert not isinstance(e.value, UsageError)
+    check_free([folder, side], overwrite=True, folders=True)  # a sidecar is a file, and --overwrite replaces it
+    folder.mkdir()
+    check_free([folder, side], overwrite=True, folders=True)
+    blocker = tmp_path / "clip_8"
+    blocker.write_text("not a folder")
+    with pytest.raises(UsageError, match=r"clip_8 is not a folder"):
+        check_free([blocker, tmp_path / "clip_8.json"], overwrite=True, folders=True)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("clip.mp4", "clip.json"), ("clip.GIF", "clip.json"), ("clip.webp", "clip.json"), ("clip", "clip.json"),
+    ("wan-1.3b_7", "wan-1.3b_7.json"), ("wan-1.3b_7.mp4", "wan-1.3b_7.json"),
+])
+def test_sidecar_names(tmp_path, name, expected):
+    from vsf_cli.render.video import sidecar
+
+    assert sidecar(tmp_path / name) == tmp_path / expected
+
+
+def test_video_frames_with_an_existing_sidecar_says_already_exists(tmp_path, runner, monkeypatch):
+    from vsf_cli.cli import app
+
+    model = tmp_path / "wan"
+    model.mkdir()
+    (model / "model_index.json").write_text('{"_class_name": "WanPipeline"}')  # enough to plan; --dry-run loads nothing
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "clip_7.json").write_text("{}")
+    args = ["video", "a corgi", "--neg", "waves", "--model", str(model), "--format", "frames", "-o", "out/clip_{seed}.png",
+            "--seed", "7", "--dry-run"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == "error: out/clip_7.json already exists (pass --overwrite to replace it)"
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("out/clip_7\t")

@@ -91,7 +91,8 @@ def expand(template: str, fields: dict, allow_parent: bool = False) -> Path:
 def check_free(paths: list[Path], overwrite: bool, folders: bool = False) -> None:
     """Refuse planned outputs that collide with each other, or with existing files unless overwrite.
 
-    With `folders`, outputs are folders (video frames), so an existing folder is replaced like a file."""
+    With `folders`, outputs are folders (video frames), so an existing folder is replaced like a file; `.json`
+    paths among them are the folders' settings sidecars, which are files."""
     seen: dict[str, int] = {}
     for i, path in enumerate(paths):
         key = os.path.normcase(os.path.abspath(path))
@@ -102,8 +103,9 @@ def check_free(paths: list[Path], overwrite: bool, folders: bool = False) -> Non
             )
         seen[key] = i
     for path in paths:
-        if path.is_dir() != folders and path.exists():
-            raise UsageError(f"output {path} is {'not ' if folders else ''}a folder")
+        folder = folders and path.suffix.lower() != ".json"
+        if path.is_dir() != folder and path.exists():
+            raise UsageError(f"output {path} is {'not ' if folder else ''}a folder")
         if path.exists() and not overwrite:
             raise VsfError(f"{path} already exists (pass --overwrite to replace it)")
 

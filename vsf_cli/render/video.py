@@ -22,14 +22,14 @@ def output_path(path: Path, fmt: str) -> Path:
 
 
 def sidecar(path: Path) -> Path:
-    """The settings file next to a video: `clip.mp4` -> `clip.json`, a frames folder `clip` -> `clip.json`."""
+    """The settings file next to a video: `clip.mp4` -> `clip.json`, a frames folder `clip` -> `clip.json`.
+
+    A frames folder keeps its whole name, dots included: `wan-1.3b_7` -> `wan-1.3b_7.json`, not `wan-1.json`.
+    """
     path = Path(path)
-    return path.with_name(path.stem + ".json")
-
-
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """(frames, height, width, 3) floats in [0, 1], as the pipeline returns them, to 8-bit RGB."""
-    return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+    if path.suffix.lower() in {ext for ext in FORMATS.values() if ext}:
+        return path.with_suffix(".json")
+    return path.with_name(path.name + ".json")
 
 
 def save_video(frames: np.ndarray, path: Path, fps: int, settings: dict) -> None:
