@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from vsf_cli import bench
 
 
@@ -33,3 +35,84 @@ def test_cross_attention_only_rows():
     rows = bench.cross_attention_only(image_tokens=32, heads=2, head_dim=8, context=24, repeats=1)
     assert [r["method"] for r in rows] == ["none", "vsf", "vsf-dense"]
     assert all(r["ms"] > 0 for r in rows) and rows[0]["ratio"] == 1.0
+
+
+# --- `vsf bench`: the same benchmark as a subcommand ----------------------------------------------------------------
+
+QUICK = ["--model", "sd35-medium", "--blocks", "1", "--size", "64", "--repeats", "1", "--warmup", "0",
+         "--methods", "none,vsf"]
+
+
+def test_vsf_bench_json_has_the_module_fields_and_no_library_chatter(monkeypatch, capfd):
+    import diffusers.utils.logging as diffusers_logging
+    from typer.testing import CliRunner
+
+    from vsf_cli.cli import app
+
+    monkeypatch.setattr(bench, "cold_start", lambda repeats=5: 0.123)
+    diffusers_logging.set_verbosity_warning()  # the library default, whatever earlier tests left
+    result = CliRunner().invoke(app, ["bench", *QUICK, "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (out["model"], out["blocks"], out["image_tokens"], out["negative_tokens"]) == ("sd35-medium", 1, 16, 8)
+    assert [r["method"] for r in out["rows"]] == ["none", "vsf"]
+    assert all({"step_ms", "spread_ms", "image_s", "ratio", "peak_mib"} <= set(r) for r in out["rows"])
+    assert out["cold_start_help_s"] == 0.123 and "attention_only" not in out
+    # diffusers logs through its own handler on the real stderr, so look there as well as at the runner's.
+    assert "float32" not in result.stderr + capfd.readouterr().err
+
+
+def test_vsf_bench_table(monkeypatch):
+    from typer.testing import CliRunner
+
+    from vsf_cli.cli import app
+
+    monkeypatch.setattr(bench, "cold_start", lambda repeats=5: 0.5)
+    result = CliRunner().invoke(app, ["bench", *QUICK])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("sd35-medium, 1 blocks, 64²")
+    assert lines[2] == "| method | ms / step (median) | min–max | × none | peak MiB |"
+    assert [line.split(" | ")[0] for line in lines[4:6]] == ["| none", "| vsf"]
+    assert lines[-1] == "`vsf --help` cold start: 0.5 s"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--size", "1000"], "--size 1000: a multiple of 16"),
+    (["--blocks", "39"], "--blocks 39: sd35-large has 1 to 38 blocks"),
+    (["--model", "sd35-medium", "--blocks", "25"], "1 to 24 blocks"),
+    (["--methods", "vsf,cgf"], "--methods 'vsf,cgf': a comma-separated subset of"),
+    (["--repeats", "0"], "--repeats 0: 1 to 1000"),
+    (["--warmup", "-1"], "--warmup -1: 0 to 100"),
+    (["--neg-tokens", "0"], "--neg-tokens 0: 1 to 512"),
+    (["--model", "flux"], "--model 'flux': choose from sd35-large, sd35-medium"),
+])
+def test_vsf_bench_bad_options_are_one_line_before_any_work(args, message, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vsf_cli.cli import app
+
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("the benchmark ran"))
+    result = CliRunner().invoke(app, ["bench", *args])
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_vsf_bench_help_names_what_the_module_offers():
+    from typer.testing import CliRunner
+
+    from vsf_cli.cli import app
+    from vsf_cli.cli import bench as bench_cli
+
+    assert bench_cli._METHODS == ",".join(bench.METHODS)
+    result = CliRunner().invoke(app, ["bench", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for option in ("--model", "--blocks", "--size", "--neg-tokens", "--repeats", "--warmup", "--methods", "--device",
+                   "--dtype", "--attention", "--json"):
+        assert option in result.stdout
+    assert result.stdout.count("(default: ") == 11
+    large, medium = bench.CONFIGS["sd35-large"], bench.CONFIGS["sd35-medium"]
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert f"1 to {large['num_layers']} (sd35-medium: {medium['num_layers']})" in text
+    assert f"up to {16 * large['pos_embed_max_size']} (sd35-medium: {16 * medium['pos_embed_max_size']})" in text

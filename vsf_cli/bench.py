@@ -44,7 +44,7 @@ def run(model: str = "sd35-large", *, blocks: int | None = None, size: int = 102
 
     from vsf_cli.guidance.joint import install_joint
     from vsf_cli.models.families import sd3
-    from vsf_cli.models.loading import resolve_device, resolve_dtype
+    from vsf_cli.models.loading import quiet_libraries, resolve_device, resolve_dtype
 
     device = resolve_device(device)
     torch_dtype = getattr(torch, resolve_dtype(dtype, device))
@@ -52,7 +52,9 @@ def run(model: str = "sd35-large", *, blocks: int | None = None, size: int = 102
     if "dual_attention_layers" in config:
         config["dual_attention_layers"] = tuple(i for i in config["dual_attention_layers"] if i < config["num_layers"])
     torch.manual_seed(0)
-    transformer = SD3Transformer2DModel(**config).to(device, torch_dtype).eval()
+    # `.to(dtype)` on a model diffusers built would log "modules that should be kept in float32: []": there are none.
+    with quiet_libraries():
+        transformer = SD3Transformer2DModel(**config).to(device, torch_dtype).eval()
     latent = size // 8
     gen = torch.Generator().manual_seed(0)
 
@@ -237,16 +239,73 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+# Ranges of the command-line options, shared by `python -m vsf_cli.bench` and `vsf bench`.
+MAX_NEG_TOKENS = 512
+MAX_REPEATS = 1000
+MAX_WARMUP = 100
+
+
+def check_options(model: str, blocks: int | None, size: int, neg_tokens: int, repeats: int, warmup: int,
+                  methods: str) -> tuple[str, ...]:
+    """Refuse out-of-range options with one line before anything heavy is imported; returns the method tuple."""
+    from vsf_cli.errors import UsageError
+
+    if model not in CONFIGS:
+        raise UsageError(f"--model {model!r}: choose from {', '.join(CONFIGS)}")
+    layers, positions = CONFIGS[model]["num_layers"], CONFIGS[model]["pos_embed_max_size"]
+    if blocks is not None and not 1 <= blocks <= layers:
+        raise UsageError(f"--blocks {blocks}: {model} has 1 to {layers} blocks")
+    largest = positions * 16  # 8x VAE downsampling, 2x2 patches, at most pos_embed_max_size patches a side
+    if not 16 <= size <= largest or size % 16:
+        raise UsageError(f"--size {size}: a multiple of 16 from 16 to {largest} for {model}")
+    if not 1 <= neg_tokens <= MAX_NEG_TOKENS:
+        raise UsageError(f"--neg-tokens {neg_tokens}: 1 to {MAX_NEG_TOKENS}")
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise UsageError(f"--repeats {repeats}: 1 to {MAX_REPEATS}")
+    if not 0 <= warmup <= MAX_WARMUP:
+        raise UsageError(f"--warmup {warmup}: 0 to {MAX_WARMUP}")
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown or not chosen:
+        raise UsageError(f"--methods {methods!r}: a comma-separated subset of {','.join(METHODS)}")
+    return chosen
+
+
+def benchmark(model: str = "sd35-large", *, blocks: int | None = None, size: int = 1024, neg_tokens: int = 8,
+              repeats: int = 5, warmup: int = 1, methods: str = ",".join(METHODS), device: str = "auto",
+              dtype: str = "auto", attention: bool = False) -> dict:
+    """The whole benchmark behind both command lines: per-step rows, the cold start and, optionally, single calls."""
+    chosen = check_options(model, blocks, size, neg_tokens, repeats, warmup, methods)
+    result = run(model, blocks=blocks, size=size, neg_tokens=neg_tokens, repeats=repeats, warmup=warmup,
+                 methods=chosen, device=device, dtype=dtype)
+    result["cold_start_help_s"] = cold_start()
+    if attention:
+        result["attention_only"] = attention_only(device=device, dtype=dtype)
+        result["cross_attention_only"] = cross_attention_only(device=device, dtype=dtype)
+    return result
+
+
+def report(result: dict) -> str:
+    """The human-readable report: the table, the cold start, and the single-call rows if measured."""
+    text = table(result) + f"\n\n`vsf --help` cold start: {result['cold_start_help_s']} s"
+    for kind in ("attention_only", "cross_attention_only"):
+        for row in result.get(kind, []):
+            text += f"\n{kind.replace('_', ' ')}, {row['method']}: {row['ms']} ms ({row['ratio']}x)"
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
+
+    from vsf_cli.errors import UsageError
 
     parser = argparse.ArgumentParser(prog="python -m vsf_cli.bench", description=__doc__)
     parser.add_argument("--model", choices=sorted(CONFIGS), default="sd35-large", help="transformer shape to build")
     parser.add_argument("--blocks", type=int, help="keep only this many blocks (CPU: 2-4)")
-    parser.add_argument("--size", type=int, default=1024, help="image side in pixels (CPU: 512)")
-    parser.add_argument("--neg-tokens", type=int, default=8, help="unpadded negative length (VSF)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--size", type=int, default=1024, help="image side in pixels, a multiple of 16 (CPU: 512)")
+    parser.add_argument("--neg-tokens", type=int, default=8, help=f"unpadded negative length (VSF), 1-{MAX_NEG_TOKENS}")
+    parser.add_argument("--repeats", type=int, default=5, help=f"timed rounds, 1-{MAX_REPEATS}")
+    parser.add_argument("--warmup", type=int, default=1, help=f"untimed rounds first, 0-{MAX_WARMUP}")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -254,17 +313,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="also time one attention call at full SD3.5-L (joint) and Wan 1.3B (cross) shapes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    result = run(args.model, blocks=args.blocks, size=args.size, neg_tokens=args.neg_tokens, repeats=args.repeats,
-                 warmup=args.warmup, methods=tuple(args.methods.split(",")), device=args.device, dtype=args.dtype)
-    result["cold_start_help_s"] = cold_start()
-    if args.attention:
-        result["attention_only"] = attention_only(device=args.device, dtype=args.dtype)
-        result["cross_attention_only"] = cross_attention_only(device=args.device, dtype=args.dtype)
-    text = table(result) + f"\n\n`vsf --help` cold start: {result['cold_start_help_s']} s"
-    for kind in ("attention_only", "cross_attention_only"):
-        for row in result.get(kind, []):
-            text += f"\n{kind.replace('_', ' ')}, {row['method']}: {row['ms']} ms ({row['ratio']}x)"
-    print(json.dumps(result) if args.json else text)
+    try:
+        result = benchmark(args.model, blocks=args.blocks, size=args.size, neg_tokens=args.neg_tokens,
+                           repeats=args.repeats, warmup=args.warmup, methods=args.methods, device=args.device,
+                           dtype=args.dtype, attention=args.attention)
+    except UsageError as e:
+        parser.error(str(e))
+    print(json.dumps(result) if args.json else report(result))
 
 
 if __name__ == "__main__":
