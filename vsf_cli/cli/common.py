@@ -10,8 +10,16 @@ from rich.markup import escape
 
 from vsf_cli.errors import VsfError, describe, is_out_of_memory
 
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich would point stdout at /dev/null and exit 1; let errors_to_exit_codes give 141, as for stdout.
+        self.quiet = True
+        raise BrokenPipeError(32, "the reader of stderr left")
+
+
 # stdout carries data only; everything for humans goes to stderr.
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+console = _Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> "typer.Exit":
@@ -48,7 +56,12 @@ def errors_to_exit_codes(debug: bool = False):
         raise typer.Exit(130) from None
     except BrokenPipeError:
         # The reader left (`vsf ... | head`): stop quietly with the status a SIGPIPE gives, as Unix tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):  # either may be the pipe; so the exit-time flush cannot fail again
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError):  # not a real file (a test runner's capture)
+                pass
         raise typer.Exit(141) from None
     except typer.Exit:
         raise
