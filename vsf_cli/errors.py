@@ -41,5 +41,7 @@ def describe(e: BaseException) -> str:
                 "bfloat16; for video also fewer --frames or --vae-tiling.")
     if isinstance(e, VsfError):
         return str(e)
+    if isinstance(e, OSError) and e.strerror:  # "out/x.png: No space left on device", not "OSError: [Errno 28] ..."
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
     first = str(e).splitlines()[0] if str(e) else ""
     return f"{type(e).__name__}: {first}" if first else type(e).__name__

@@ -5,22 +5,31 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+from vsf_cli.errors import VsfError
+
 LOAD_KEYS = ("model", "dtype", "device", "offload", "lora")  # settings that need a fresh model load
 
 
 class Renderer:
     """A loaded pipeline plus what was resolved while loading; `render` writes one image."""
 
-    def __init__(self, settings: dict, *, offline: bool = False) -> None:
-        from vsf_cli.models.loading import load_pipeline, resolve_device, resolve_dtype, set_offline
+    def __init__(self, settings: dict, *, offline: bool = False, warn: Callable[[str], None] | None = None) -> None:
+        from vsf_cli.models.loading import library_warnings, load_pipeline, resolve_device, resolve_dtype, set_offline
         from vsf_cli.models.registry import resolve
 
+        if warn is None:
+            from vsf_cli.cli.common import warn
+        self.warn = warn
         set_offline(offline)  # before diffusers is imported
         self.load_settings = {k: settings[k] for k in LOAD_KEYS}
         spec = resolve(settings["model"])
-        self.pipe = load_pipeline(spec, dtype=settings["dtype"], device=settings["device"],
-                                  offload=settings["offload"], loras=settings["lora"], offline=offline)
+        with library_warnings(warn):
+            self.pipe = load_pipeline(spec, dtype=settings["dtype"], device=settings["device"],
+                                      offload=settings["offload"], loras=settings["lora"], offline=offline, warn=warn)
         self.video = spec.frames is not None
+        self.family = spec.family
         device = resolve_device(settings["device"])
         self.resolved = {"device": device, "dtype": resolve_dtype(settings["dtype"], device)}
         self.siblings: dict = {}
@@ -35,7 +44,7 @@ class Renderer:
             inputs = {"num_frames": settings["frames"], "output_type": "np"}
             return self.pipe, inputs | ({"image": fitted(settings["image"], *size, "RGB")} if settings["image"] else {})
         if not settings["image"]:
-            return self.pipe, {}
+            return self.pipe, {"output_type": "np"}
         kind = "inpaint" if settings["mask"] else "img2img"
         if kind not in self.siblings:
             import diffusers
@@ -48,7 +57,7 @@ class Renderer:
             with quiet_libraries():
                 self.siblings[kind] = sibling.from_pipe(self.pipe)
             self.siblings[kind].set_progress_bar_config(disable=True)
-        inputs = {"image": fitted(settings["image"], *size, "RGB"), "strength": settings["strength"]}
+        inputs = {"image": fitted(settings["image"], *size, "RGB"), "strength": settings["strength"], "output_type": "np"}
         if settings["mask"]:
             inputs["mask_image"] = fitted(settings["mask"], *size, "L")
         return self.siblings[kind], inputs
@@ -58,6 +67,8 @@ class Renderer:
         import torch
 
         from vsf_cli import __version__, guidance
+        from vsf_cli.models import limits
+        from vsf_cli.models.loading import library_warnings
         from vsf_cli.render.metadata import save_png
 
         if any(settings[k] != v for k, v in self.load_settings.items()):
@@ -74,11 +85,13 @@ class Renderer:
                 pipe.vae.enable_tiling()
             else:
                 pipe.vae.disable_tiling()
+        limits.check(settings, self.family, self.pipe.transformer.config, self.pipe.vae.config)  # a first download
         started = time.perf_counter()
         if settings["image"] and settings["strength"] == 0:
-            output = inputs["image"]  # nothing is repainted: the input, at the output size
+            output = np.asarray(inputs["image"], dtype=np.float32) / 255  # nothing is repainted: the input, resized
         else:
-            with guidance.apply(pipe, settings["method"], negative=settings["negative"], **params) as extra:
+            with guidance.apply(pipe, settings["method"], negative=settings["negative"], **params) as extra, \
+                    library_warnings(self.warn):
                 result = pipe(
                     prompt=settings["prompt"], num_inference_steps=settings["steps"], width=settings["width"],
                     height=settings["height"], max_sequence_length=settings["max_sequence_length"],
@@ -86,12 +99,23 @@ class Renderer:
                     **inputs, **{"guidance_scale": settings["guidance_scale"], **extra},
                 )
             output = result.frames[0] if self.video else result.images[0]
+        if not np.isfinite(output).all():
+            raise VsfError(
+                "the output holds NaN or inf values, so nothing was written; likely float16 overflow (try --dtype "
+                "bfloat16 or float32), or a --scale / --guidance-scale far outside its useful range")
         record = {**settings, "version": __version__, "seconds": round(time.perf_counter() - started, 3),
                   "resolved": self.resolved}
         if self.video:
-            from vsf_cli.render.video import save_video, to_uint8
+            from vsf_cli.render.video import save_video
 
             save_video(to_uint8(output[settings["trim_start"]:]), path, settings["fps"], record)
         else:
-            save_png(output, path, record)
+            from PIL import Image
+
+            save_png(Image.fromarray(to_uint8(output)), path, record)
         return record
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1], as pipelines return them with output_type "np", to 8-bit RGB (diffusers' own rounding)."""
+    return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)

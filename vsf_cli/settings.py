@@ -13,6 +13,8 @@ Offload = Literal["none", "model", "sequential"]
 Compat = Literal["paper", "reference"]
 
 SIZE_MULTIPLE = 16  # VAE factor 8 x patch 2 for SD3; also what Flux and Wan need
+SEED_MAX = 2**63 - 1  # what torch.Generator.manual_seed takes and `--from` replays; every seed source is checked
+GUIDANCE_MAX = 30.0  # the pipeline's guidance_scale; far beyond any model's useful range, and finite
 # Method parameters that GenSettings carries; each method takes some of them (see vsf_cli.guidance).
 METHOD_SETTINGS = ("scale", "offset", "compat", "nag_scale", "nag_tau", "nag_alpha", "nag_end", "nasa_scale", "cfg_scale")
 # Settings a `VSF_<NAME>` environment variable may set (precedence: above files and jobs, below flags).
@@ -46,8 +48,8 @@ class GenSettings(BaseModel):
     steps: int = Field(8, ge=1, le=200)
     width: int = Field(1024, ge=16, le=8192)
     height: int = Field(1024, ge=16, le=8192)
-    seed: int | None = Field(None, ge=0, lt=2**63, description="None until the CLI picks a random seed")
-    guidance_scale: float = Field(0.0, ge=0.0)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="None until the CLI picks a random seed")
+    guidance_scale: float = Field(0.0, ge=0.0, le=GUIDANCE_MAX)
     max_sequence_length: int = Field(256, ge=1, le=512)
     image: str | None = Field(None, description="input image for image-to-image or inpainting")
     image_sha256: str | None = None
@@ -80,6 +82,8 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None) -
     None values in a layer mean "not set". The result also names the model's `family`.
     """
     from vsf_cli import guidance
+    from vsf_cli.models import limits
+    from vsf_cli.models.loading import check_lora
     from vsf_cli.models.registry import CFG_ARGUMENT, CFG_SEPARATE_PASSES, DEFAULT_MODEL, VIDEO_FAMILIES
     from vsf_cli.models.registry import resolve as resolve_model
 
@@ -103,6 +107,8 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None) -
     merged.setdefault("method", "vsf" if merged.get("negative") else "none")
     if not merged.get("prompt"):
         raise UsageError("missing prompt")
+    if merged.get("negative") is not None and not str(merged["negative"]).strip():
+        raise UsageError("the negative prompt is empty (only white space); give one, or leave --neg out")
     if merged["method"] != "none" and not merged.get("negative"):
         raise UsageError(f"method {merged['method']} needs a negative prompt (--neg TEXT)")
     try:
@@ -113,6 +119,9 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None) -
         if settings[side] % SIZE_MULTIPLE:
             raise UsageError(f"size: {side} {settings[side]} is not a multiple of {SIZE_MULTIPLE}")
     _check_video(settings, spec.family in VIDEO_FAMILIES, warn)
+    limits.check_before_load(settings, spec.family, spec.source)
+    for source in settings["lora"]:
+        check_lora(source)
     method = settings["method"]
     guidance_is_cfg = CFG_ARGUMENT[spec.family] == "guidance_scale"
     batched_cfg = guidance_is_cfg and spec.family not in CFG_SEPARATE_PASSES

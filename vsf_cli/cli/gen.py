@@ -29,7 +29,7 @@ def gen(
     cfg_scale: float = g.CFG_SCALE,
     steps: int = g.STEPS,
     size: str = g.SIZE,
-    guidance_scale: float = typer.Option(None, "--guidance-scale", help="The pipeline's guidance_scale: CFG for SD3 (VSF needs <= 1), the distilled guidance for Flux dev. (model default)"),
+    guidance_scale: float = typer.Option(None, "--guidance-scale", help="The pipeline's guidance_scale, 0-30: CFG for SD3 (VSF needs <= 1), the distilled guidance for Flux dev. (model default)"),
     seed: list[int] = g.SEED,
     seeds: int = g.SEEDS,
     count: int = g.COUNT,

@@ -68,7 +68,21 @@ def resolve_settings(flags: dict, from_file: Path | None, preset: str | None = N
     layers = [defaults or {}, preset_defaults(preset), replay, env_layer(), flags]
     settings = resolve(*layers, warn=warn)
     settings["negative"] = fill_negative(settings["negative"], settings["prompt"])
+    warn_ignored(flags, settings["method"])
     return settings
+
+
+def warn_ignored(flags: dict, method: str) -> None:
+    """One warning for method knobs given as flags that the chosen method does not take (they would do nothing)."""
+    from vsf_cli import guidance
+    from vsf_cli.settings import METHOD_SETTINGS
+
+    taken = guidance.parameters(method)
+    ignored = [f"--{k.replace('_', '-')}" for k in METHOD_SETTINGS if flags.get(k) is not None and k not in taken]
+    if ignored:
+        takes = ", ".join(f"--{k.replace('_', '-')}" for k in taken) or "no knobs"
+        warn(f"{' and '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} nothing with --method {method} "
+             f"(it takes {takes})")
 
 
 def _seeds(explicit: list[int], random_count: int | None, count: int | None) -> list[int]:
@@ -77,9 +91,16 @@ def _seeds(explicit: list[int], random_count: int | None, count: int | None) -> 
             raise UsageError(f"{name} must be at least 1")
     if random_count and explicit:
         raise UsageError("use either --seed or --seeds, not both")
+    from vsf_cli.settings import SEED_MAX
+
+    for s in explicit:
+        if not 0 <= s <= SEED_MAX:
+            raise UsageError(f"--seed {s} is out of range; seeds are 0 to {SEED_MAX} (2^63-1)")
     if explicit and count:
         if len(explicit) > 1:
             raise UsageError("-n takes one --seed S (giving S..S+N-1), not several")
+        if explicit[0] + count - 1 > SEED_MAX:
+            raise UsageError(f"-n {count} after --seed {explicit[0]} goes past the largest seed, {SEED_MAX}")
         return [explicit[0] + i for i in range(count)]
     if explicit:
         return list(explicit)
@@ -93,7 +114,7 @@ def plan_paths(settings: dict, seed_list: list[int], template: str, overwrite: b
     `suffix` is the extension the template must end in; "" means any, cut off to name a folder (video frames).
     `also(path)` names files written next to each output (a video's sidecar), which must be free as well.
     """
-    from vsf_cli.render.naming import check_free, expand, slugify
+    from vsf_cli.render.naming import check_free, check_writable, expand, slugify
 
     if suffix and not template.lower().endswith(suffix):
         raise UsageError(f"--output {template!r} must end in {suffix}")
@@ -105,6 +126,7 @@ def plan_paths(settings: dict, seed_list: list[int], template: str, overwrite: b
         path = expand(template, fields, allow_parent=True)
         jobs.append((path if suffix else path.with_suffix(""), s))
     check_free([p for p, _ in jobs] + [extra for p, _ in jobs for extra in also(p)], overwrite, folders=not suffix)
+    check_writable([p for p, _ in jobs])
     return jobs
 
 

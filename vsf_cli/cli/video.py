@@ -31,7 +31,7 @@ def video(
     frames: int = typer.Option(None, "--frames", help="Frames to generate, 4k+1 (Wan's VAE packs 4 per latent), 1-1001; above 81 drifts. (model default: 81)"),
     fps: int = typer.Option(None, "--fps", help="Playback frames per second, 1-240. (model default: 16)"),
     trim_start: int = typer.Option(None, "--trim-start", help="Drop this many frames from the start; CausVid's first frames flash. (model default: 5 for wan-1.3b, 0 for wan-14b)"),
-    guidance_scale: float = typer.Option(None, "--guidance-scale", help="Wan's CFG scale; > 1 runs a second, unguided pass per step (VSF then guides the conditional pass only). (model default: 1 = off)"),
+    guidance_scale: float = typer.Option(None, "--guidance-scale", help="Wan's CFG scale, 0-30; > 1 runs a second, unguided pass per step (VSF then guides the conditional pass only). (model default: 1 = off)"),
     seed: list[int] = g.SEED,
     seeds: int = g.SEEDS,
     count: int = g.COUNT,

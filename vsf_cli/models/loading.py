@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
+import re
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,7 @@ def load_pipeline(
     offload: str = "none",
     loras: Sequence[str] = (),
     offline: bool = False,
+    warn: Callable[[str], None] = lambda message: None,
 ) -> Any:
     """Load the family's stock diffusers pipeline (safetensors only), add LoRAs, and place it on the device."""
     if offload not in OFFLOADS:
@@ -130,6 +133,9 @@ def load_pipeline(
     if offload != "none" and torch.device(device).type == "cpu":
         raise UsageError(f"--offload {offload} moves weights between CPU and an accelerator; there is none on {device}")
     torch_dtype = getattr(torch, resolve_dtype(dtype, device))
+    if torch_dtype == torch.float16 and torch.device(device).type == "cpu":
+        warn("float16 on the CPU is slow and some operations may fail; --dtype float32 (the default there) "
+             "or bfloat16 is safer")
 
     with quiet_libraries():
         import diffusers
@@ -188,6 +194,52 @@ def quiet_libraries() -> Iterator[None]:
             diffusers_logging.enable_progress_bar()
 
 
+_TRUNCATED = re.compile(r"truncated because (CLIP|`max_sequence_length`)[^0-9]*(\d+) tokens")
+# Library warnings vsf says itself in a line of its own, or that add nothing a user can act on.
+_DROPPED = ("Token indices sequence length is longer", "cannot run with `cpu` device")
+
+
+@contextlib.contextmanager
+def library_warnings(warn: Callable[[str], None]) -> Iterator[None]:
+    """Route diffusers' and transformers' warnings through `warn`, one line each and each once: a long prompt's
+    truncation (which quotes the whole cut text) becomes "prompt truncated to 77 tokens (CLIP)"."""
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    for library in (diffusers.utils.logging, transformers.utils.logging):
+        library.get_logger()  # each adds its own stderr handler on first use; that must happen before the swap
+    collector = Collect(logging.WARNING)
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers")]
+    saved = [(lg.handlers, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.handlers, lg.propagate = [collector], False
+    try:
+        yield
+    finally:
+        for lg, (handlers, propagate) in zip(loggers, saved):
+            lg.handlers, lg.propagate = handlers, propagate
+        truncated: dict[str, str] = {}
+        said: set[str] = set()
+        for record in records:
+            message = record.getMessage()
+            cut = _TRUNCATED.search(message)
+            if cut:
+                truncated.setdefault("CLIP" if cut[1] == "CLIP" else "T5, max_sequence_length", cut[2])
+            elif not any(part in message for part in _DROPPED):
+                line = message.strip().splitlines()[0][:200] if message.strip() else ""
+                if line and line not in said:
+                    said.add(line)
+                    warn(line)
+        if truncated:
+            warn("prompt truncated to " + ", ".join(f"{n} tokens ({which})" for which, n in truncated.items()))
+
+
 def place(pipe: Any, device: str, offload: str) -> None:
     """Move the pipeline to the device, or let accelerate hooks move each model (or layer) there when it runs."""
     if offload == "none":
@@ -231,6 +283,11 @@ def add_loras(pipe: Any, loras: Iterable[tuple[str, float]], *, offline: bool = 
     if names:
         pipe.set_adapters(names, adapter_weights=scales)
     return names
+
+
+def check_lora(spec: str) -> None:
+    """Refuse a malformed `--lora`, a missing or pickled local file, before anything loads (hub ids pass)."""
+    _lora_location(parse_lora(spec)[0], offline=False)
 
 
 def _lora_location(source: str, *, offline: bool) -> tuple[str, dict[str, str]]:

@@ -119,6 +119,22 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        # The same error (errno kept: a full disk is still ENOSPC), naming the file the user asked for, not the temp.
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_writable(paths: list[Path]) -> None:
+    """Refuse outputs whose folder cannot be made or written: a file where a folder should be, or no permission."""
+    for folder in sorted({Path(p).parent for p in paths}):
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UsageError(f"cannot write into {folder}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write into {folder}: {existing} is not writable")
