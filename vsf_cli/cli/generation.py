@@ -149,6 +149,6 @@ def _render(jobs: list[tuple[Path, dict]], *, offline: bool, as_json: bool, quie
             task = progress.add_task(f"seed {s['seed']}", total=s["steps"])
             record = renderer.render(s, path, on_step=lambda task=task: progress.advance(task))
             progress.remove_task(task)
-            typer.echo(json.dumps({"path": str(path), **record}) if as_json else str(path))
             if not quiet:
                 console.print(f"wrote {path} (seed {s['seed']}, {record['seconds']:.1f}s)")
+            typer.echo(json.dumps({"path": str(path), **record}) if as_json else str(path))
