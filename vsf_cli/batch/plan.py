@@ -3,6 +3,7 @@
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from vsf_cli.errors import UsageError
 _VAR = re.compile(r"\{(\w+)\}")
 # Placement does not change what an image is, so it stays out of the job id (ranks differ in device).
 _NOT_IN_ID = ("device", "offload")
+MAX_JOBS = 100_000  # the default of --max-jobs: a bigger file is refused before it is expanded
 
 
 @dataclass
@@ -44,11 +46,15 @@ def fill_negative(negative: str | None, prompt: str) -> str | None:
     return None if negative is None else negative.replace("{prompt}", prompt)
 
 
+def _used_variables(job: Job, negative: str | None) -> list[str]:
+    # {prompt} in a negative means the prompt itself (abstract art: the subject in both prompts).
+    return sorted({*_VAR.findall(job.prompt), *_VAR.findall(negative or "")} - {"prompt"})
+
+
 def _variables(job: Job, negative: str | None, file_vars: dict[str, list[str]]) -> list[dict[str, str]]:
     """Every combination of the template variables the job's prompt and negative use."""
     available = {**file_vars, **(job.vars or {})}
-    # {prompt} in a negative means the prompt itself (abstract art: the subject in both prompts).
-    used = sorted({*_VAR.findall(job.prompt), *_VAR.findall(negative or "")} - {"prompt"})
+    used = _used_variables(job, negative)
     missing = [name for name in used if name not in available]
     if missing:
         raise UsageError(f"prompt {job.prompt!r} uses {{{missing[0]}}}, which no `vars:` defines")
@@ -67,11 +73,33 @@ def _seed_list(seeds: list[int] | int | None) -> list[int]:
     return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
 
 
+def count(spec: BatchFile, preset: dict) -> int:
+    """How many jobs `expand` makes at most (jobs x variables x sweep x seeds), computed without making them."""
+    total = 0
+    default_negative = spec.defaults.neg if spec.defaults.neg is not None else preset.get("negative")
+    for job in spec.jobs:
+        negative = job.neg if job.neg is not None else default_negative
+        available = {**(spec.vars or {}), **(job.vars or {})}
+        n = math.prod(len(available.get(name) or [None]) for name in _used_variables(job, negative))
+        n *= math.prod(len(values) for values in {**(spec.sweep or {}), **(job.sweep or {})}.values())
+        seeds = job.seeds if job.seeds is not None else spec.seeds
+        total += n * (1 if seeds is None else seeds if isinstance(seeds, int) else len(seeds))
+    return total
+
+
+def check_output_template(template: str, what: str) -> None:
+    """An output template names a file inside the output folder: no absolute path, no '..'."""
+    parts = [p for p in re.split(r"[/\\]", template) if p]
+    if Path(template).is_absolute() or template.startswith(("/", "\\")) or ".." in parts:
+        raise UsageError(f"{what} must stay inside the output folder (use -o/--out to choose the folder)")
+
+
 def expand(spec: BatchFile, *, preset: dict, env: dict, flags: dict, out_dir: Path,
-           warn=lambda message: None) -> list[PlannedJob]:
+           warn=lambda message: None, max_jobs: int = MAX_JOBS) -> list[PlannedJob]:
     """All jobs in file order: jobs x variable combinations x sweep x seeds.
 
     Precedence per job: model defaults < preset < file defaults < job (and its sweep values) < VSF_* env < flags.
+    A file that would make more than `max_jobs` jobs is refused before any is made.
     """
     from vsf_cli.batch.spec import Overrides
     from vsf_cli.models.registry import VIDEO_FAMILIES
@@ -79,14 +107,19 @@ def expand(spec: BatchFile, *, preset: dict, env: dict, flags: dict, out_dir: Pa
     from vsf_cli.render.naming import slugify
     from vsf_cli.settings import resolve
 
-    if Path(spec.output).is_absolute():
-        raise UsageError(f"output template {spec.output!r} in a job file must be relative to the output folder")
+    check_output_template(spec.output, f"output template {spec.output!r} in {spec._source}")
+    total = count(spec, preset)
+    if total > max_jobs:
+        raise UsageError(f"{spec._source} expands to {total:,} jobs (jobs x vars x sweep x seeds), more than the "
+                         f"limit of {max_jobs:,}; pass --max-jobs {total} to allow it, or split the file")
+
     def local(values: dict) -> dict:
         return {k: spec.local_path(v) if k in ("image", "mask") else v for k, v in values.items()}
 
     defaults = local(spec.defaults.settings())
     planned: list[PlannedJob] = []
     seen: set[str] = set()
+    paths: dict[str, int] = {}
     for job in spec.jobs:
         overrides = local(Overrides(**job.model_dump(include=set(Overrides.model_fields))).settings())
         negative = job.neg if job.neg is not None else defaults.get("negative", preset.get("negative"))
@@ -110,24 +143,56 @@ def expand(spec: BatchFile, *, preset: dict, env: dict, flags: dict, out_dir: Pa
                     path = out_dir / expand_template(spec.output, fields)
                     if settings["family"] in VIDEO_FAMILIES and path.suffix.lower() == ".png":
                         path = path.with_suffix(".mp4")  # a video job under an image template: same name, mp4
+                    key = os.path.normcase(os.path.abspath(path))
+                    if key in paths:
+                        raise UsageError(f"output template {spec.output!r} gives the same file for jobs {paths[key]} "
+                                         f"and {len(planned)} ({path}); add {{index}}, {{seed}} or {{id}} to it")
+                    paths[key] = len(planned)
                     planned.append(PlannedJob(len(planned), identity, path, settings, {**job.meta, **values}))
     return planned
 
 
+_ENV_SHARDS = (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"),
+               ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"))
+
+
+def _env_int(key: str, default: int | None = None) -> int:
+    text = os.environ.get(key, "").strip()
+    if not text and default is not None:
+        return default
+    if not re.fullmatch(r"[+-]?\d+", text):
+        raise UsageError(f"{key}={text!r} is not a whole number (or pass --shard i/N to choose the shard)")
+    return int(text)
+
+
 def shard(explicit: str | None) -> tuple[int, int]:
-    """(rank, world): --shard i/N, else torchrun/accelerate's RANK/WORLD_SIZE, else SLURM, else (0, 1)."""
+    """(rank, world): --shard i/N, else torchrun/accelerate's RANK/WORLD_SIZE, else SLURM, else (0, 1).
+
+    Every source is checked alike: whole numbers with 0 <= rank < world, or one UsageError line naming it.
+    """
     if explicit:
         match = re.fullmatch(r"(\d+)/(\d+)", explicit.strip())
         if not match or not 0 <= int(match[1]) < int(match[2]):
             raise UsageError(f"--shard {explicit!r}: use i/N with 0 <= i < N, e.g. 0/4")
         return int(match[1]), int(match[2])
-    env = os.environ
-    for rank_key, world_key in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"),
-                                ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")):
-        if env.get(world_key) and int(env[world_key]) > 1:
-            rank, world = int(env.get(rank_key, 0)), int(env[world_key])
-            if rank_key == "SLURM_ARRAY_TASK_ID":  # array ids may start anywhere
-                rank -= int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+    for rank_key, world_key in _ENV_SHARDS:
+        if not os.environ.get(world_key, "").strip():
+            continue
+        world, rank = _env_int(world_key), _env_int(rank_key, default=0)
+        where = f"{rank_key}={rank}"
+        if world < 1:
+            raise UsageError(f"{world_key}={world} must be at least 1 (or pass --shard i/N to choose the shard)")
+        if rank_key == "SLURM_ARRAY_TASK_ID":  # array ids may start anywhere, and step
+            first, step = _env_int("SLURM_ARRAY_TASK_MIN", 0), _env_int("SLURM_ARRAY_TASK_STEP", 1)
+            if step < 1 or (rank - first) % step:
+                raise UsageError(f"{where} is not SLURM_ARRAY_TASK_MIN={first} plus a multiple of "
+                                 f"SLURM_ARRAY_TASK_STEP={step}; pass --shard i/N to choose the shard")
+            where += f" (task {(rank - first) // step} from SLURM_ARRAY_TASK_MIN={first})" if first or step > 1 else ""
+            rank = (rank - first) // step
+        if not 0 <= rank < world:
+            raise UsageError(f"{where} with {world_key}={world}: need 0 <= {rank_key} < {world_key} "
+                             "(or pass --shard i/N to choose the shard)")
+        if world > 1:
             return rank, world
     return 0, 1
 

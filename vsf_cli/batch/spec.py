@@ -86,7 +86,8 @@ class BatchFile(Expansion):
     defaults: Overrides = Overrides()
     output: str = "{index:05d}_{slug}_{id}.png"
     jobs: list[Job] = Field(min_length=1)
-    _folder: Path = PrivateAttr(Path("."))  # where the file lives: `image:` and `mask:` are relative to it
+    _folder: Path = PrivateAttr(Path("."))  # where the file lives: `image:`, `mask:` and model paths are relative to it
+    _source: str = PrivateAttr("the job file")  # its name, for messages
 
     def local_path(self, value: str) -> str:
         """An `image:`/`mask:` path from the file, resolved against its folder; it may not climb out of it."""
@@ -145,18 +146,88 @@ def load(path: Path) -> BatchFile:
         batch = _from_neggenbench(path, text)
     else:
         batch = _from_yaml(path, text)
-    batch._folder = path.parent
+    batch._folder, batch._source = path.parent, str(path)
+    _models_from_the_file(batch)
     return batch
+
+
+def model_path(value: str, folder: Path) -> str:
+    """A `model:` written in a job file, as `--model` takes it: a relative path is relative to the file's folder.
+
+    A path is `./x`, `../x`, or a name (`x`, `org/x`) that is an existing folder next to the job file; aliases and
+    hub ids (`org/name` with no such folder) stay as written, and so does everything when the file is in the
+    current folder.
+    """
+    from vsf_cli.models.registry import ALIASES, MODELS
+
+    name = value.strip()
+    if not name or name.lower() in MODELS or name.lower() in ALIASES or Path(name).expanduser().is_absolute():
+        return value
+    explicit = name in (".", "..") or name.startswith(("./", "../", ".\\", "..\\"))
+    if not explicit and not (folder / name).is_dir():
+        return value
+    if folder.resolve() == Path.cwd().resolve():
+        return value
+    return str((folder / name).resolve())
+
+
+def _models_from_the_file(batch: BatchFile) -> None:
+    """Make every `model:` of the file (defaults, jobs, sweeps) relative to the file's folder, not the current one."""
+    def fix(holder) -> None:
+        if getattr(holder, "model", None):
+            holder.model = model_path(holder.model, batch._folder)
+        sweep = getattr(holder, "sweep", None)
+        if sweep and isinstance(sweep.get("model"), list):
+            sweep["model"] = [model_path(m, batch._folder) if isinstance(m, str) else m for m in sweep["model"]]
+
+    for holder in (batch.defaults, batch, *batch.jobs):
+        fix(holder)
+
+
+MAX_ALIASES = 16  # YAML aliases (*name) a job file may use; each may stand for a whole subtree
+MAX_EXPANDED_NODES = 100_000  # YAML values a file with aliases may expand to
+
+
+def _check_aliases(path: Path, text: str) -> None:
+    """Refuse alias bombs before anything is built: few aliases, and a bounded size once they are expanded."""
+    aliases = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise UsageError(f"{path}:{event.start_mark.line + 1}: more than {MAX_ALIASES} YAML aliases "
+                                 f"(*{event.anchor}); write the values out, or put shared settings in `defaults:`")
+    if not aliases:
+        return
+    sizes: dict[int, int] = {}
+
+    def size(node) -> int:  # expanded size; an aliased node is one object, so memoised by identity
+        if id(node) not in sizes:
+            children = []
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [x for pair in node.value for x in pair]
+            sizes[id(node)] = 1 + sum(size(child) for child in children)
+        return sizes[id(node)]
+
+    expanded = size(yaml.compose(text, Loader=yaml.SafeLoader))
+    if expanded > MAX_EXPANDED_NODES:
+        raise UsageError(f"{path}: its YAML aliases expand it to {expanded:,} values, more than {MAX_EXPANDED_NODES:,} "
+                         "(an alias bomb?); write the values out")
 
 
 def _from_yaml(path: Path, text: str) -> BatchFile:
     try:
+        _check_aliases(path, text)
         data = yaml.safe_load(text)
         tree = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise UsageError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: nested too deeply to be a job file") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: a job file is a mapping with `jobs:` (and optional defaults, seeds, sweep, vars)")
     try:
@@ -194,10 +265,12 @@ def _line(node, loc) -> int | None:
 
 def _from_text(path: Path, text: str) -> BatchFile:
     jobs = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if line and not line.startswith("#"):
             prompt, _, neg = line.partition("|")
+            if not prompt.strip():
+                raise UsageError(f"{path}:{number}: no prompt before the '|' (one `prompt | negative` per line)")
             jobs.append(Job(prompt=prompt.strip(), neg=neg.strip() or None))
     if not jobs:
         raise UsageError(f"{path}: no prompts (one per line, `prompt | negative`, # for comments)")
@@ -205,13 +278,23 @@ def _from_text(path: Path, text: str) -> BatchFile:
 
 
 def _from_neggenbench(path: Path, text: str) -> BatchFile:
+    expected = "expected NegGenBench JSON, a list of {prompt, negative, ...}"
     try:
         items = json.loads(text)
-        jobs = [Job(prompt=item["prompt"], neg=item["negative"], meta={k: v for k, v in item.items()
-                                                                        if k not in ("prompt", "negative")})
-                for item in items]
-    except (json.JSONDecodeError, TypeError, KeyError, ValidationError) as e:
-        raise UsageError(f"{path}: expected NegGenBench JSON, a list of {{prompt, negative, ...}} ({e})") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise UsageError(f"{path}: {expected} (not valid JSON: {e})") from None
+    if not isinstance(items, list):
+        raise UsageError(f"{path}: {expected}")
+    jobs = []
+    for number, item in enumerate(items):
+        try:
+            jobs.append(Job(prompt=item["prompt"], neg=item["negative"],
+                            meta={k: v for k, v in item.items() if k not in ("prompt", "negative")}))
+        except (TypeError, KeyError, AttributeError) as e:
+            raise UsageError(f"{path}: item {number}: {expected} (missing {e})") from None
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise UsageError(f"{path}: item {number} ({'.'.join(map(str, err['loc']))}): {err['msg']}") from None
     if not jobs:
         raise UsageError(f"{path}: no items")
     return BatchFile(jobs=jobs, seeds=[0, 1])
