@@ -7,7 +7,7 @@ import typer
 from typer.core import TyperGroup
 
 from vsf_cli.cli import app
-from vsf_cli.cli.common import console, errors_to_exit_codes, warn
+from vsf_cli.cli.common import console, errors_to_exit_codes, fail, warn
 from vsf_cli.errors import UsageError
 
 
@@ -44,7 +44,8 @@ def run(
     force: bool = typer.Option(False, "--force", help="Redo jobs that are already done."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun jobs that failed before (skipped by default)."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed job."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files at a job's path that the manifest does not know."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files at a job's path that are not the job's output (they match no record of it and do not carry its id)."),
+    max_jobs: int = typer.Option(None, "--max-jobs", min=1, help="Refuse a file that expands to more jobs than this. (default: 100000)"),
     offline: bool = typer.Option(False, "--offline", help="Use only the local hub cache."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded jobs (with --json: their counts); load nothing."),
     as_json: bool = typer.Option(False, "--json", help="JSON output: the summary (or the dry-run counts) as one object on stdout."),
@@ -59,6 +60,8 @@ def run(
         path = Path(file)
         if not path.exists() and not file.endswith((".yaml", ".yml", ".txt", ".json")):
             path = spec.preset_path(file)
+        if output:
+            plan.check_output_template(output, f"--output {output!r}")
         batch = spec.load(path)
         if output:
             batch.output = output
@@ -72,7 +75,7 @@ def run(
                  **(spec.parse_size(size) if size else {})}
         warnings: set[str] = set()
         jobs = plan.expand(batch, preset=spec.preset_defaults(preset or batch.preset), env=env_layer(), flags=flags,
-                           out_dir=out_dir, warn=warnings.add)
+                           out_dir=out_dir, warn=warnings.add, max_jobs=max_jobs or plan.MAX_JOBS)
         for message in sorted(warnings):
             warn(message)
         mine = [j for j in jobs if j.index % world == rank]
@@ -80,16 +83,29 @@ def run(
             _dry_run(jobs, mine, rank, world, as_json)
             return
         work = runner.Runner(out_dir, rank, world, offline=offline, console=console, quiet=quiet)
-        runner.write_plan(out_dir, str(path), jobs)
-        todo, outcome = work.select(mine, force=force, retry_failed=retry_failed)
-        if not quiet:
-            console.print(f"{len(jobs)} jobs, shard {rank}/{world}: {len(mine)} mine, {outcome.skipped} already done, "
-                          f"{outcome.failed_before} failed before, {len(todo)} to render into {out_dir}")
         try:
-            outcome = work.run(todo, outcome, fail_fast=fail_fast, overwrite=overwrite)
-        except KeyboardInterrupt:
-            console.print(f"interrupted; finished jobs are in {work.manifest}, rerun the same command to resume")
-            raise typer.Exit(130) from None
+            with work.lock():  # one writer per shard: a second process on it stops here with exit 2
+                runner.write_plan(out_dir, str(path), jobs)
+                todo, outcome = work.select(mine, force=force, retry_failed=retry_failed, warn=warn)
+                if not quiet:
+                    console.print(f"{len(jobs)} jobs, shard {rank}/{world}: {len(mine)} mine, {outcome.skipped} "
+                                  f"already done, {outcome.failed_before} failed before, {len(todo)} to render into "
+                                  f"{out_dir}")
+                try:
+                    outcome = work.run(todo, outcome, fail_fast=fail_fast, overwrite=overwrite)
+                except KeyboardInterrupt:
+                    console.print(f"interrupted; finished jobs are in {work.manifest}, rerun the same command to resume")
+                    raise typer.Exit(130) from None
+                except runner.RunStopped as e:  # a full disk: the summary, then one line
+                    _summary(outcome, out_dir, as_json, quiet)
+                    raise fail(str(e), e.exit_code) from None
+        except OSError as e:  # outside a job: the plan, the lock file or the manifest's repair
+            from vsf_cli.batch.manifest import is_disk_full
+
+            if not is_disk_full(e):
+                raise
+            raise fail(f"the disk is full ({e.strerror or e}) under {out_dir}; free some space and rerun the same "
+                       "command to resume") from None
         _summary(outcome, out_dir, as_json, quiet)
         if outcome.failed or outcome.failed_before:
             raise typer.Exit(3)
@@ -100,17 +116,23 @@ def status(
     out_dir: Path = typer.Argument(..., help="A batch output folder (holds plan.json and manifest*.jsonl)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Show done, failed and pending jobs of a batch over all its ranks."""
+    """Show done, failed and pending jobs of a batch over all its ranks, from the files on disk."""
     with errors_to_exit_codes():
         from vsf_cli.batch.runner import status as batch_status
 
-        counts = batch_status(out_dir)
+        counts = batch_status(out_dir, warn=warn)
         if as_json:
             typer.echo(json.dumps(counts))
             return
         typer.echo(f"{counts['done']}/{counts['total']} done, {counts['failed']} failed, {counts['pending']} pending")
+        if counts["unrecorded"]:
+            typer.echo(f"  {counts['unrecorded']} finished before an interruption and not yet recorded; the next "
+                       "`vsf batch` run records them without rendering them again")
         for failure in counts["failures"][:20]:
             typer.echo(f"  failed #{failure['index']} ({failure['id']}): {failure['error']}")
+        for other in counts["foreign"][:20]:
+            typer.echo(f"  not its output #{other['index']} ({other['id']}): {other['file']} is not this job's "
+                       "output; --overwrite renders over it")
 
 
 def _parse_sweeps(items: list[str]) -> dict[str, list]:
