@@ -32,13 +32,16 @@ def eval_(
     Writes RUN_DIR/eval/<judge>/results.jsonl, summary.json and summary.md. Exit 3 if some items could not be judged.
     """
     with errors_to_exit_codes(debug):
+        if base_url is not None:
+            _check_url(base_url)
         from vsf_cli.eval import items as eval_items
         from vsf_cli.eval import judges
         from vsf_cli.eval import run as eval_run
         from vsf_cli.eval.cache import Cache
         from vsf_cli.eval.report import table
 
-        items = eval_items.load(run_dir)
+        items = eval_items.load(run_dir, warn=warn)
+        _warn_unrecorded(run_dir, items)
         name = judge or ("toy" if all(i.settings.get("model") == "toy" for i in items) else "openai")
         the_judge = judges.make(name, model=judge_model, base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY"),
                                 timeout=timeout, retries=retries, concurrency=concurrency, frames=frames)
@@ -71,6 +74,37 @@ def eval_(
                               "rerun to retry them", markup=False)
         if summary["errors"]:
             raise typer.Exit(3)
+
+
+def _check_url(url: str) -> None:
+    """--base-url must be an http(s) URL with a host: a usage error (exit 2) before anything is read."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 — raises ValueError for a port that is not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UsageError(f"--base-url {url!r} (or VSF_JUDGE_BASE_URL) is not an http(s) URL; give the server's "
+                         "address, e.g. http://localhost:8000/v1")
+
+
+def _warn_unrecorded(run_dir: Path, items: list) -> None:
+    """Outputs on disk that a crash left without a record are not judged: say so, and how to record them."""
+    from vsf_cli.batch import runner
+
+    if not (run_dir / "plan.json").is_file():
+        return
+    try:
+        found = runner.unrecorded(run_dir, runner.read_plan(run_dir), {i.id for i in items})
+    except Exception:  # noqa: BLE001 — a hint only; the eval goes on without it
+        return
+    if found:
+        warn(f"{len(found)} finished output{'s' if len(found) > 1 else ''} of {run_dir} (first: {found[0]['file']}) "
+             f"{'are' if len(found) > 1 else 'is'} not in its manifest yet and not judged; rerun the same `vsf batch` "
+             "command to record them, then eval again")
 
 
 def _baseline(spec: str, items: list, eval_items, eval_run) -> tuple[list | None, str]:

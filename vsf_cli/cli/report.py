@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 
 from vsf_cli.cli import app
-from vsf_cli.cli.common import errors_to_exit_codes
+from vsf_cli.cli.common import errors_to_exit_codes, warn
 
 
 @app.command("report")
@@ -17,10 +17,21 @@ def report(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Write table.md (the paper's Table 1 shape), contact_sheet.png (rows = prompts, columns = settings) and
-    tradeoff.png (negative against positive and against quality, one point per setting). Prints the paths."""
+    tradeoff.png (negative against positive and against quality, one point per setting). Prints the paths.
+
+    Exit 3 when some items were not judged or some images could not be drawn (their tiles are marked)."""
     with errors_to_exit_codes(debug):
-        from vsf_cli.eval.report import write
+        from vsf_cli.eval.report import not_judged, write
 
         out_dir = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
-        for path in write(run_dirs, out_dir, judge=judge, rows=rows):
+        missing: list[str] = []
+        for path in write(run_dirs, out_dir, judge=judge, rows=rows, missing=missing):
             typer.echo(str(path))
+        errors = not_judged(run_dirs, judge)
+        if missing:
+            warn(f"{len(missing)} image{'s' if len(missing) > 1 else ''} could not be drawn and {'are' if len(missing) > 1 else 'is'} "
+                 f"marked on the contact sheet (first: {missing[0]})")
+        if errors:
+            warn(f"{errors} item{'s' if errors > 1 else ''} could not be judged (see results.jsonl); rerun `vsf eval` to retry them")
+        if missing or errors:
+            raise typer.Exit(3)

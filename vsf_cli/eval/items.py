@@ -36,6 +36,7 @@ class Item:
     questions: tuple[str, str]
     setting: str = ""  # filled by label_settings
     params: dict = field(default_factory=dict)
+    error: str | None = None  # why the item cannot be judged (its file changed or cannot be read); never asked
 
     @property
     def path(self) -> Path:
@@ -61,9 +62,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load(run_dir: Path) -> list[Item]:
-    """Every done job of a run (all ranks) whose file is present, in job order; settings labelled."""
-    from vsf_cli.batch.runner import is_done, read_manifests
+def load(run_dir: Path, warn=lambda message: None) -> list[Item]:
+    """Every done job of a run (all ranks) whose file is present, in job order; settings labelled.
+
+    A file that no longer matches the sha256 its record holds, or that cannot be read, is an item with an error:
+    counted as not judged, never sent to a judge.
+    """
+    from vsf_cli.batch.runner import output_state, read_manifests
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -71,16 +76,25 @@ def load(run_dir: Path) -> list[Item]:
     if not any(run_dir.glob("manifest*.jsonl")):
         raise UsageError(f"{run_dir} has no manifest*.jsonl; is it a `vsf batch` output folder?")
     items = []
-    for record in sorted(read_manifests(run_dir).values(), key=lambda r: r["index"]):
-        if not is_done(record, run_dir):
+    for record in sorted(read_manifests(run_dir, warn).values(), key=lambda r: r["index"]):
+        state, sha = output_state(record, run_dir)
+        if state not in ("done", "changed"):
             continue
+        error = None
+        if state == "changed":
+            error = f"{record['file']} changed after it was rendered (it does not match its manifest record)"
+        elif sha is None:  # a record from before outputs were hashed
+            try:
+                sha = sha256_file(run_dir / record["file"])
+            except OSError as e:
+                error = f"cannot read {record['file']}: {e.strerror or e}"
         s, meta = record["settings"], record.get("meta") or {}
         negative = s.get("negative") or ""
         q_pos, q_neg = template_questions(s["prompt"], negative)
         items.append(Item(
-            id=record["id"], run=run_dir, file=record["file"], sha256=sha256_file(run_dir / record["file"]),
+            id=record["id"], run=run_dir, file=record["file"], sha256=sha or "",
             prompt=s["prompt"], negative=negative, seed=record["seed"], method=s["method"], settings=s, meta=meta,
-            questions=(meta.get("question_positive") or q_pos, meta.get("question_negative") or q_neg),
+            questions=(meta.get("question_positive") or q_pos, meta.get("question_negative") or q_neg), error=error,
         ))
     if not items:
         raise UsageError(f"{run_dir} has no finished jobs yet (see `vsf batch status {run_dir}`)")

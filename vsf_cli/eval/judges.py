@@ -94,8 +94,11 @@ class ToyJudge:
             raise JudgeError("no meta.expect (object, negative) for the toy judge")
         if item.is_video:
             raise JudgeError("the toy judge reads images only")
-        with Image.open(item.path) as im:
-            img = np.asarray(im.convert("RGB"))
+        try:
+            with Image.open(item.path) as im:
+                img = np.asarray(im.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as e:
+            raise unreadable(item, e) from None
         if img.shape[:2] != (world.SIZE, world.SIZE):
             raise JudgeError(f"the toy judge reads {world.SIZE}x{world.SIZE} toy-model images, not {img.shape[1]}x{img.shape[0]}")
         r = detector.read(img)
@@ -106,6 +109,21 @@ class ToyJudge:
             "quality": float((detector.labels(img) >= 0).mean()),
             "reasoning": f"detected {r.kind or 'no object'}" + (f" with {', '.join(seen)}" if seen else ""),
         }
+
+
+def unreadable(item: Item, e: BaseException) -> JudgeError:
+    """The per-item error for an image or video that cannot be read (missing, not an image, truncated, damaged)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(e, FileNotFoundError):
+        why = "no such file"
+    elif isinstance(e, UnidentifiedImageError):
+        why = "not an image"
+    elif isinstance(e, OSError) and e.strerror:
+        why = e.strerror
+    else:  # PIL: "image file is truncated (12 bytes not processed)", broken chunks, ...
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+    return JudgeError(f"cannot read {item.file}: {why}")
 
 
 def _expect(item: Item) -> dict | None:
@@ -173,7 +191,10 @@ class OpenAIJudge:
     def ask(self, item: Item) -> dict:
         import openai
 
-        messages = self.messages(item)
+        try:
+            messages = self.messages(item)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise unreadable(item, e) from None
         problem = ""
         for _ in range(self.retries + 1):
             try:
@@ -215,13 +236,15 @@ def _png(image) -> bytes:
 
 
 def _image_png(path: Path) -> bytes:
-    """The file itself when it is a PNG (what was hashed is what is judged), else a PNG of it."""
+    """The file itself when it is a PNG (what was hashed is what is judged), else a PNG of it; decoded either way,
+    so a truncated or damaged file is an error here rather than an answer about garbage."""
     from PIL import Image
 
-    if path.suffix.lower() == ".png":
-        return path.read_bytes()
     with Image.open(path) as im:
-        return _png(im)
+        im.load()
+        if path.suffix.lower() != ".png":
+            return _png(im)
+    return path.read_bytes()
 
 
 JUDGES = {"openai": OpenAIJudge, "toy": ToyJudge}

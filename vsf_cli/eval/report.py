@@ -112,9 +112,36 @@ def _spread(keys: list, n: int) -> list:
     return [keys[round(i * (len(keys) - 1) / (n - 1))] for i in range(n)] if n > 1 else keys[:1]
 
 
-def contact_sheet(runs: list[tuple[dict, list[dict]]], path: Path, rows: int = 8) -> tuple[int, int]:
+def _missing_tile(reason: str, font):
+    """A tile for an image that cannot be drawn: grey, crossed out, with the reason."""
+    from PIL import Image, ImageDraw
+
+    tile = Image.new("RGB", (CELL, CELL), (236, 236, 236))
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle((0, 0, CELL - 1, CELL - 1), outline=(190, 40, 30))
+    draw.line((0, 0, CELL - 1, CELL - 1), fill=(215, 160, 155))
+    draw.line((0, CELL - 1, CELL - 1, 0), fill=(215, 160, 155))
+    draw.multiline_text((6, CELL // 2 - 12), "\n".join(textwrap.wrap(reason, 20)[:3]), fill=(150, 30, 20), font=font)
+    return tile
+
+
+def _why(e: BaseException) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(e, FileNotFoundError):
+        return "file missing"
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image"
+    if "truncated" in str(e):
+        return "truncated image"
+    return "unreadable image"
+
+
+def contact_sheet(runs: list[tuple[dict, list[dict]]], path: Path, rows: int = 8,
+                  missing: list[str] | None = None) -> tuple[int, int]:
     """Rows = (prompt, negative) pairs, columns = settings; each cell is the lowest seed's image and its answers.
 
+    A file that cannot be read gets a crossed-out tile saying why, and its name is appended to `missing`.
     Returns (rows, columns) drawn.
     """
     from PIL import Image, ImageDraw
@@ -144,9 +171,15 @@ def contact_sheet(runs: list[tuple[dict, list[dict]]], path: Path, rows: int = 8
             cell = cells.get(key)
             if cell is None:
                 continue
-            sheet.paste(_thumb(Path(cell["run"]) / cell["file"]), (x, y))
+            try:
+                thumb = _thumb(Path(cell["run"]) / cell["file"])
+            except (OSError, ValueError, SyntaxError) as e:
+                thumb = _missing_tile(_why(e), small)
+                if missing is not None:
+                    missing.append(f"{cell['file']} ({_why(e)})")
+            sheet.paste(thumb, (x, y))
             if cell["error"] is not None:
-                text, colour = "error", (150, 150, 150)
+                text, colour = "not judged", (150, 150, 150)
             else:
                 yes = lambda v: "yes" if v else "no"  # noqa: E731
                 quality = "" if cell["quality"] is None else f" · q {cell['quality']:.2f}".replace("0.", ".")
@@ -188,13 +221,22 @@ def tradeoff(summaries: list[dict], path: Path) -> int:
     return len(settings)
 
 
-def write(run_dirs: list[Path], out_dir: Path, judge: str | None = None, rows: int = 8) -> list[Path]:
-    """table.md, contact_sheet.png and tradeoff.png for one or more evaluated runs."""
+def write(run_dirs: list[Path], out_dir: Path, judge: str | None = None, rows: int = 8,
+          missing: list[str] | None = None) -> list[Path]:
+    """table.md, contact_sheet.png and tradeoff.png for one or more evaluated runs.
+
+    Images that cannot be read are drawn as marked tiles and named in `missing`; everything else is drawn.
+    """
     runs = [load(d, judge) for d in run_dirs]
     summaries = [s for s, _ in runs]
     out_dir = Path(out_dir)
     text = table(summaries) + "\n"
     atomic_write(out_dir / "table.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    contact_sheet(runs, out_dir / "contact_sheet.png", rows)
+    contact_sheet(runs, out_dir / "contact_sheet.png", rows, missing)
     tradeoff(summaries, out_dir / "tradeoff.png")
     return [out_dir / "table.md", out_dir / "contact_sheet.png", out_dir / "tradeoff.png"]
+
+
+def not_judged(run_dirs: list[Path], judge: str | None = None) -> int:
+    """How many result rows of the runs have an error (the eval could not judge them)."""
+    return sum(r["error"] is not None for d in run_dirs for r in load(d, judge)[1])

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from vsf_cli.errors import UsageError, VsfError
+from vsf_cli.errors import UsageError, VsfError, describe
 from vsf_cli.eval import judges, stats
 from vsf_cli.eval.cache import Cache, cache_key
 from vsf_cli.eval.items import Item, fmt_value
@@ -19,20 +19,24 @@ CACHE_FILE = "cache.sqlite"
 def judge_items(items: list[Item], judge, cache: Cache, on_progress: Callable[[int, int], None] = lambda done, total: None) -> list[dict]:
     """One result row per item. Identical (image, questions) pairs are asked once; answers are cached as they come.
 
-    Only the main thread touches the cache; the pool runs judge.ask. Errors are recorded in the rows, not cached.
+    Only the main thread touches the cache; the pool runs judge.ask. Errors are recorded in the rows, not cached:
+    an item whose file changed or cannot be read gets its error, and the others go on.
     """
-    keys = [cache_key(i.sha256, i.questions, judges.identity(judge, i), judge.prompt_version) for i in items]
+    keys = [f"error:{i.id}" if i.error else cache_key(i.sha256, i.questions, judges.identity(judge, i), judge.prompt_version)
+            for i in items]
     answers: dict[str, dict] = {}
     cached: set[str] = set()
     pending: dict[str, Item] = {}
+    errors: dict[str, str] = {key: item.error for key, item in zip(keys, items) if item.error}
     for key, item in zip(keys, items):
+        if key in errors:
+            continue
         answer = cache.get(key)
         if answer is not None:
             answers[key] = answer
             cached.add(key)
         else:
             pending.setdefault(key, item)
-    errors: dict[str, str] = {}
     unreachable_in_a_row, give_up = 0, max(4, 2 * judge.concurrency)
     on_progress(0, len(pending))
     pool = ThreadPoolExecutor(max_workers=max(1, judge.concurrency), thread_name_prefix="judge")
@@ -57,6 +61,8 @@ def judge_items(items: list[Item], judge, cache: Cache, on_progress: Callable[[i
                     unreachable_in_a_row = unreachable_in_a_row + 1 if isinstance(e, judges.JudgeUnreachable) else 0
                     if unreachable_in_a_row >= give_up:
                         fatal = VsfError(f"the judge stopped answering ({e}); answers so far are cached, rerun to resume")
+                except (OSError, ValueError, SyntaxError, UsageError) as e:  # an image a judge could not read
+                    errors[key] = f"cannot read {item.file}: {describe(e)}"
                 except BaseException as e:  # noqa: BLE001 — re-raised below
                     fatal = fatal or e
                 else:
