@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,6 +52,25 @@ def test_schema_errors_name_file_line_and_allowed_keys(tmp_path, text, message):
 def test_cli_schema_error_is_one_line_exit_2(tmp_path):
     result = runner.invoke(app, ["batch", str(write(tmp_path, "jobs:\n  - prompt: a\n    bad: 1\n")), "--dry-run"])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1 and "jobs.yaml:3" in result.stderr
+
+
+def test_an_output_template_must_stay_inside_the_output_folder(tmp_path):
+    jobs = write(tmp_path, {"jobs": [{"prompt": "a cat"}]})
+    for output in ("../{index}.png", "/tmp/{index}.png", "a/../../{index}.png"):
+        result = runner.invoke(app, ["batch", str(jobs), "--output", output, "--dry-run"])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip() == (f"error: --output {output!r} must stay inside the output folder "
+                                         "(use -o/--out to choose the folder)")
+    result = runner.invoke(app, ["batch", str(write(tmp_path, {"output": "../{id}.png", "jobs": [{"prompt": "a"}]})),
+                                 "--dry-run"])
+    assert result.exit_code == 2 and "in " + str(tmp_path / "jobs.yaml") + " must stay inside the output folder" in result.stderr
+    listed = runner.invoke(app, ["batch", str(jobs), "--output", "sub/{index}.png", "--dry-run", "-o", str(tmp_path / "o")])
+    assert listed.exit_code == 0 and str(tmp_path / "o" / "sub" / "0.png") in listed.stdout
+
+
+def test_two_jobs_may_not_share_an_output_file(tmp_path):
+    with pytest.raises(UsageError, match=r"gives the same file for jobs 0 and 1 .*add \{index\}, \{seed\} or \{id\}"):
+        expand(spec.load(write(tmp_path, {"output": "{slug}.png", "seeds": 2, "jobs": [{"prompt": "a cat"}]})))
 
 
 def test_undefined_variable_and_escaping_templates_are_refused(tmp_path):
@@ -109,13 +129,27 @@ def test_text_and_neggenbench_inputs(tmp_path):
     small = spec.load(write(tmp_path, json.dumps(items), "bench.json"))
     jobs = expand(small)
     assert len(jobs) == 2 and jobs[0].meta == {"id": 0, "question_positive": "Q1", "question_negative": "Q2"}
-    # The 200 pairs ship as a preset; written back out as NegGenBench JSON, they read back as the same jobs.
+    # The shipped preset, written back as NegGenBench JSON, reads the same (only files in the repository).
     shipped = spec.load(spec.preset_path("neggenbench"))
     assert len(shipped.jobs) == 200 and shipped.seeds == [0, 1]
-    assert all(j.neg and j.meta["question_positive"] and j.meta["question_negative"] for j in shipped.jobs)
+    assert all(j.meta["question_positive"] and j.meta["question_negative"] for j in shipped.jobs)
     as_json = [{"prompt": j.prompt, "negative": j.neg, **j.meta} for j in shipped.jobs]
     bench = spec.load(write(tmp_path, json.dumps(as_json), "neggenbench.json"))
     assert [(j.prompt, j.neg, j.meta) for j in bench.jobs] == [(j.prompt, j.neg, j.meta) for j in shipped.jobs]
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("p.txt", "a cat | red\n | only neg\n", r"p.txt:2: no prompt before the '\|'"),
+    ("b.json", '[{"prompt": "a", "negative": "b"}, {"prompt": "", "negative": "c"}]', r"b.json: item 1 \(prompt\)"),
+    ("b.json", '[{"prompt": "a"}]', r"b.json: item 0: expected NegGenBench JSON"),
+    ("b.json", '{"prompt": "a"}', r"b.json: expected NegGenBench JSON"),
+])
+def test_text_and_json_errors_name_the_line_or_item(tmp_path, name, text, message):
+    path = write(tmp_path, text, name)
+    with pytest.raises(UsageError, match=message):
+        spec.load(path)
+    result = run_batch(path, "--dry-run")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
 
 
 def test_shipped_presets_load_and_expand():
@@ -173,7 +207,8 @@ def test_runs_resumes_and_forces(job_file, tmp_path):
     assert json.loads(run_batch(job_file, "-o", out, "--json").stdout.splitlines()[-1])["done"] == 1
     assert json.loads(run_batch(job_file, "-o", out, "--json", "--force").stdout.splitlines()[-1])["done"] == 4
     status = runner.invoke(app, ["batch", "status", str(out), "--json"])
-    assert json.loads(status.stdout) == {"total": 4, "done": 4, "failed": 0, "pending": 0, "failures": []}
+    assert json.loads(status.stdout) == {"total": 4, "done": 4, "failed": 0, "pending": 0, "unrecorded": 0,
+                                        "failures": [], "foreign": []}
 
 
 def test_failures_do_not_stop_the_batch_and_exit_3(job_file, tmp_path, monkeypatch):
@@ -278,11 +313,16 @@ def test_torchrun_two_ranks_shard_disjoint_and_complete(sd3_dir, tmp_path):
     assert indices == {0: {0, 2, 4}, 1: {1, 3}}
     assert len(list(out.glob("*.png"))) == 5
     status = runner.invoke(app, ["batch", "status", str(out), "--json"])
-    assert json.loads(status.stdout) == {"total": 5, "done": 5, "failed": 0, "pending": 0, "failures": []}
+    assert json.loads(status.stdout) == {"total": 5, "done": 5, "failed": 0, "pending": 0, "unrecorded": 0,
+                                        "failures": [], "foreign": []}
+
+
+SHARD_VARS = ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
+              "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP")
 
 
 def test_shard_from_environment(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"):
+    for key in SHARD_VARS:
         monkeypatch.delenv(key, raising=False)
     assert plan.shard(None) == (0, 1)
     assert plan.shard("2/4") == (2, 4)
@@ -298,3 +338,90 @@ def test_shard_from_environment(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")
     assert plan.shard(None) == (5, 8)
     assert plan.shard("0/1") == (0, 1)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RANK": "abc", "WORLD_SIZE": "2"}, "RANK='abc' is not a whole number"),
+    ({"RANK": "0", "WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a whole number"),
+    ({"RANK": "5", "WORLD_SIZE": "2"}, "RANK=5 with WORLD_SIZE=2: need 0 <= RANK < WORLD_SIZE"),
+    ({"RANK": "-1", "WORLD_SIZE": "2"}, "RANK=-1 with WORLD_SIZE=2"),
+    ({"RANK": "1", "WORLD_SIZE": "1"}, "RANK=1 with WORLD_SIZE=1"),
+    ({"RANK": "0", "WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be at least 1"),
+    ({"SLURM_PROCID": "4", "SLURM_NTASKS": "4"}, "SLURM_PROCID=4 with SLURM_NTASKS=4"),
+    ({"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_COUNT": "4"}, "SLURM_ARRAY_TASK_ID=9 with SLURM_ARRAY_TASK_COUNT=4"),
+    ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"}, "SLURM_ARRAY_TASK_ID='x' is not a whole number"),
+])
+def test_every_shard_source_is_checked_alike(monkeypatch, tmp_path, env, message):
+    """--shard 5/2 is refused, and so is RANK=5 WORLD_SIZE=2 (which used to render nothing): one line, exit 2."""
+    for key in SHARD_VARS:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        plan.shard(None)
+    jobs = write(tmp_path, {"jobs": [{"prompt": "a cat"}]})
+    result = runner.invoke(app, ["batch", str(jobs), "--dry-run"], env=env)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.output
+    assert runner.invoke(app, ["batch", str(jobs), "--dry-run", "--shard", "0/1"], env=env).exit_code == 0  # the flag wins
+
+
+def test_slurm_arrays_may_start_anywhere_and_step(monkeypatch):
+    for key in SHARD_VARS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "10")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_STEP", "2")  # --array=10-16:2
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "14")
+    assert plan.shard(None) == (2, 4)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "15")
+    with pytest.raises(UsageError, match="SLURM_ARRAY_TASK_ID=15 is not SLURM_ARRAY_TASK_MIN=10 plus a multiple"):
+        plan.shard(None)
+
+
+def test_a_model_path_in_a_job_file_is_relative_to_the_file(sd3_dir, tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    (folder / "models").mkdir(parents=True)
+    (folder / "models" / "tiny-sd3").symlink_to(sd3_dir, target_is_directory=True)
+    jobs = write(folder, {"defaults": {"model": "./models/tiny-sd3", "steps": 1, "size": 32},
+                          "sweep": {"model": ["models/tiny-sd3", "../configs/models/tiny-sd3"]},
+                          "jobs": [{"prompt": "a cat", "neg": "red"}, {"prompt": "a dog", "model": "org/not-a-folder",
+                                                                      "sweep": {"model": ["toy"]}}]})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    batch = spec.load(Path("..") / "configs" / "jobs.yaml")
+    resolved = str((folder / "models" / "tiny-sd3").resolve())
+    assert batch.defaults.model == resolved and batch.sweep["model"] == [resolved, resolved]
+    assert (batch.jobs[1].model, batch.jobs[1].sweep["model"]) == ("org/not-a-folder", ["toy"])  # a hub id, an alias
+    result = runner.invoke(app, ["batch", str(Path("..") / "configs" / "jobs.yaml"), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["per_model"] == {resolved: 1, "toy": 1}  # the sweep made one job of two
+    # In the file's own folder a path stays as written (the README's bikes.yaml), so its job ids do not change.
+    monkeypatch.chdir(folder)
+    assert spec.load(Path("jobs.yaml")).defaults.model == "./models/tiny-sd3"
+    # A flag is the command line's: relative to the current folder.
+    monkeypatch.chdir(elsewhere)
+    result = runner.invoke(app, ["batch", str(jobs), "--dry-run", "--json", "--model", "./models/tiny-sd3"])
+    assert result.exit_code == 2 and "unknown model ./models/tiny-sd3" in result.stderr
+
+
+def test_status_of_a_missing_or_foreign_folder_is_a_usage_error(tmp_path):
+    for folder, message in ((tmp_path / "nope", f"error: {tmp_path / 'nope'}: no such folder"),
+                            (write(tmp_path, "x", "afile"), "is not a folder"),
+                            (tmp_path, "has no plan.json")):
+        result = runner.invoke(app, ["batch", "status", str(folder)])
+        assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.output
+
+
+def test_a_reader_that_leaves_early_stops_the_batch_with_141(tmp_path):
+    """`vsf batch ... | head -2` on stdout (the dry-run list) or on stderr (progress lines): quietly, status 141."""
+    jobs = write(tmp_path, {"defaults": {"model": "toy"}, "seeds": 3000, "jobs": [{"prompt": "a red house"}]})
+    base = [sys.executable, "-m", "vsf_cli", "batch", str(jobs), "-o", str(tmp_path / "run")]
+    listing = subprocess.Popen([*base, "--dry-run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert listing.stdout.readline().startswith(b"0\t")
+    listing.stdout.close()
+    assert listing.wait(timeout=60) == 141 and listing.stderr.read() == b""
+    running = subprocess.Popen(base, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # as `2>&1 | head -1`
+    assert running.stderr.readline().startswith(b"3000 jobs, shard 0/1")
+    running.stderr.close()
+    assert running.wait(timeout=60) == 141

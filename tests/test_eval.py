@@ -189,6 +189,10 @@ def test_user_errors_are_one_line_with_their_exit_code(tmp_path, judge_server):
     (tmp_path / "empty").mkdir()
     cases = [
         (["eval", str(tmp_path / "nope")], 2, "no such folder"),
+        (["eval", str(tmp_path / "nope"), "--base-url", "notaurl"], 2, "--base-url 'notaurl' (or VSF_JUDGE_BASE_URL) is not an http(s) URL"),
+        (["eval", str(run), "--base-url", "ftp://host/v1", "--judge-model", "m"], 2, "is not an http(s) URL"),
+        (["eval", str(run), "--base-url", "http://:8000/v1", "--judge-model", "m"], 2, "is not an http(s) URL"),
+        (["eval", str(run), "--base-url", "http://host:port/v1", "--judge-model", "m"], 2, "is not an http(s) URL"),
         (["eval", str(tmp_path / "empty")], 2, "no manifest"),
         (["eval", str(run), "--base-url", judge_server.url], 2, "--judge-model"),
         (["eval", str(run), "--judge", "gpt"], 2, "unknown judge 'gpt'"),
@@ -364,3 +368,62 @@ def test_toy_batch_then_eval_with_the_exact_detector(tmp_path):
     rows = results(out, "toy")
     assert len(rows) == 6 and all(r["answer_1"] is not None and 0 < r["quality"] <= 1 for r in rows)
     assert rows[0]["reasoning"].startswith("detected ")
+
+
+def test_unreadable_and_truncated_images_are_per_item_errors_in_eval_and_report(tmp_path, judge_server):
+    """One bad file must not stop the eval or the report: its row records why, the rest is judged, exit 3."""
+    run = make_run(tmp_path / "run", sweep(BENCH), seeds=(0,))  # 4 images
+    (run / "00001.png").write_bytes(b"not a png at all")
+    good = (run / "00002.png").read_bytes()
+    (run / "00002.png").write_bytes(good[: len(good) // 2])  # truncated
+    (run / "00003.png").unlink()  # gone: not an item (the batch renders it again)
+    result = run_eval(run, judge_server.url, quiet=False)
+    assert result.exit_code == 3, result.output
+    rows = {r["file"]: r for r in results(run)}
+    assert sorted(rows) == ["00000.png", "00001.png", "00002.png"]
+    assert rows["00000.png"]["error"] is None and rows["00000.png"]["answer_1"] is True
+    assert rows["00001.png"]["error"] == "cannot read 00001.png: not an image"
+    assert rows["00002.png"]["error"].startswith("cannot read 00002.png: ")
+    assert len(judge_server.requests) == 1  # nothing unreadable was sent
+    assert "2 of 3 items could not be judged" in result.stderr
+    summary = json.loads((run / "eval" / "openai-judge-model" / "summary.json").read_text())
+    assert summary["items"] == 3 and summary["errors"] == 2
+
+    report = runner.invoke(app, ["report", str(run), "-o", str(tmp_path / "report")])
+    assert report.exit_code == 3, report.output
+    assert report.stdout.split() == [str(tmp_path / "report" / n) for n in ("table.md", "contact_sheet.png", "tradeoff.png")]
+    assert "2 images could not be drawn and are marked on the contact sheet (first: 00002.png (" in report.stderr
+    assert "2 items could not be judged" in report.stderr
+    from vsf_cli.eval import report as report_module
+
+    with Image.open(tmp_path / "report" / "contact_sheet.png") as sheet:  # 2 prompts x 2 settings, all tiles there
+        assert sheet.size == (report_module.CAPTION_W + 2 * (report_module.CELL + 8) + 8,
+                              report_module.HEADER_H + 2 * (report_module.CELL + report_module.ANSWER_H + 8) + 8)
+        pixels = np.asarray(sheet.convert("RGB"))
+        row_h, col_w = report_module.CELL + report_module.ANSWER_H + 8, report_module.CELL + 8
+        for row, col in ((0, 1), (1, 0)):  # 00002 (sailboat, vsf) and 00001 (bicycle, none): marked grey
+            y, x = report_module.HEADER_H + row * row_h + 20, report_module.CAPTION_W + col * col_w + 4 + 100
+            assert tuple(pixels[y, x]) == (236, 236, 236)
+        assert tuple(pixels[report_module.HEADER_H + 20, report_module.CAPTION_W + 4 + 100]) != (236, 236, 236)
+
+
+def test_the_toy_judge_records_a_bad_image_and_goes_on(tmp_path):
+    import yaml
+
+    jobs = [{"prompt": "a small house", "neg": "roof", "meta": {"expect": {"object": "house", "negative": "roof"}}}]
+    (tmp_path / "jobs.yaml").write_text(yaml.safe_dump({"defaults": {"model": "toy"}, "seeds": [0, 1, 2], "jobs": jobs}))
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["batch", str(tmp_path / "jobs.yaml"), "-o", str(out), "-q"]).exit_code == 0
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    for record in records:  # as from an older vsf, without sha256: the judge itself meets the bad files
+        record.pop("sha256"), record.pop("size")
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    first, second = (out / records[0]["file"]), (out / records[1]["file"])
+    first.write_bytes(first.read_bytes()[:-60])  # cut inside the pixel data: "image file is truncated"
+    second.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    result = runner.invoke(app, ["eval", str(out), "--json", "-q"])
+    assert result.exit_code == 3, result.output
+    rows = results(out, "toy")
+    assert [r["error"] is None for r in rows] == [False, False, True]
+    assert "truncated" in rows[0]["error"] and rows[1]["error"].startswith("cannot read")
+    assert json.loads(result.stdout)["errors"] == 2
