@@ -419,3 +419,59 @@ def test_video_frames_with_an_existing_sidecar_says_already_exists(tmp_path, run
     result = runner.invoke(app, [*args, "--overwrite"])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("out/clip_7\t")
+
+
+# --- render.metadata and render.video are separate modules --------------------------------------------------------
+
+@pytest.mark.parametrize("module, other", [("vsf_cli.render.metadata", "vsf_cli.render.video"),
+                                           ("vsf_cli.render.video", "vsf_cli.render.metadata")])
+def test_render_modules_import_alone(module, other):
+    """Each imports in a fresh interpreter without loading the other (metadata -> video only inside a function)."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print({other!r} in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_video_code_never_imports_metadata():
+    """The dependency goes one way: video.py names no render.metadata, even inside a function."""
+    import ast
+
+    import vsf_cli.render.video as video
+
+    tree = ast.parse(open(video.__file__, encoding="utf-8").read())
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any("metadata" in m for m in modules), modules
+
+
+def test_video_suffixes_are_the_video_formats():
+    from vsf_cli.render.metadata import VIDEO_SUFFIXES
+    from vsf_cli.render.video import FORMATS
+
+    assert set(VIDEO_SUFFIXES) == {ext for ext in FORMATS.values() if ext}
+
+
+def test_video_settings_from_sidecar_then_comment_tag(tmp_path, monkeypatch):
+    import vsf_cli.render.video as video
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"")
+    tags: list[str] = []
+    monkeypatch.setattr(video, "mp4_comments", lambda path: tags)
+    with pytest.raises(UsageError, match=r"no vsf settings in .*clip\.mp4 \(no sidecar, no comment tag\)"):
+        read_metadata(clip)
+    tags[:] = ["[1]", json.dumps(settings())]  # a comment that is JSON but not settings: the next one is read
+    assert read_metadata(clip) == settings()
+    tags[:] = ["{oops", json.dumps(settings())]  # a damaged one stops the search, as before
+    with pytest.raises(UsageError, match="no vsf settings"):
+        read_metadata(clip)
+    (tmp_path / "clip.json").write_text(json.dumps(settings(seed=5)))
+    assert read_metadata(clip)["seed"] == 5  # the sidecar wins over the tag
+    gif = tmp_path / "loop.gif"
+    gif.write_bytes(b"")
+    with pytest.raises(UsageError, match=r"no settings for .*loop\.gif: its sidecar .*loop\.json is missing"):
+        read_metadata(gif)

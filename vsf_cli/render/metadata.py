@@ -267,9 +267,7 @@ def read_metadata(path: Path) -> dict:
     if path.suffix.lower() == ".json":
         return read_json(path)
     if path.suffix.lower() in VIDEO_SUFFIXES or path.is_dir():
-        from vsf_cli.render.video import read_video_metadata
-
-        return read_video_metadata(path)
+        return _video_settings(path)
     chunks = _image_text(path)
     if "vsf" in chunks:
         try:
@@ -283,3 +281,25 @@ def read_metadata(path: Path) -> dict:
     if "parameters" in chunks:
         return parse_a1111(chunks["parameters"])
     raise UsageError(f"no vsf or A1111 metadata in {path}")
+
+
+def _video_settings(path: Path) -> dict:
+    """Settings stored with a video: the `.json` sidecar if present, else the mp4 `comment` tag.
+
+    The import goes one way only, metadata -> video (where the file layout lives), and late, so that reading a PNG's
+    settings never loads the video code.
+    """
+    from vsf_cli.render.video import mp4_comments, sidecar
+
+    if sidecar(path).is_file():
+        return read_json(sidecar(path))
+    if path.suffix.lower() != ".mp4":
+        raise UsageError(f"no settings for {path}: its sidecar {sidecar(path)} is missing")
+    for text in mp4_comments(path):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            break
+        if isinstance(data, dict):
+            return data
+    raise UsageError(f"no vsf settings in {path} (no sidecar, no comment tag)")

@@ -116,15 +116,11 @@ def read_frames(path: Path) -> np.ndarray:
         return np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)])
 
 
-def read_video_metadata(path: Path) -> dict:
-    """Settings stored with a video: the `.json` sidecar if present, else the mp4 `comment` tag."""
-    from vsf_cli.render.metadata import read_json
+def mp4_comments(path: Path) -> list[str]:
+    """The `comment` tags of an mp4 (vsf writes its settings JSON into one), unescaped, in the order ffmpeg lists them.
 
-    path = Path(path)
-    if sidecar(path).is_file():
-        return read_json(sidecar(path))
-    if path.suffix.lower() != ".mp4":
-        raise UsageError(f"no settings for {path}: its sidecar {sidecar(path)} is missing")
+    Reading settings out of them is `render.metadata.read_metadata`'s job; this module knows containers, not settings.
+    """
     import imageio_ffmpeg
 
     try:
@@ -132,14 +128,6 @@ def read_video_metadata(path: Path) -> dict:
                               capture_output=True, check=True, timeout=60).stdout.decode("utf-8", "replace")
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
         raise VsfError(f"cannot read the tags of {path}: {e}") from None
-    for line in dump.splitlines():
-        if line.startswith("comment="):
-            # ffmetadata escapes '=', ';', '#', '\' and newlines with a backslash.
-            text = re.sub(r"\\(.)", r"\1", line[len("comment="):], flags=re.S)
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError:
-                break
-            if isinstance(data, dict):
-                return data
-    raise UsageError(f"no vsf settings in {path} (no sidecar, no comment tag)")
+    # ffmetadata escapes '=', ';', '#', '\' and newlines with a backslash.
+    return [re.sub(r"\\(.)", r"\1", line[len("comment="):], flags=re.S)
+            for line in dump.splitlines() if line.startswith("comment=")]
