@@ -76,10 +76,11 @@ def env_layer() -> dict:
     return {key: os.environ[f"VSF_{key.upper()}"] for key in ENV_SETTINGS if os.environ.get(f"VSF_{key.upper()}")}
 
 
-def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None) -> dict:
+def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None, video: bool | None = None) -> dict:
     """Merge layers (lowest first) over the model's defaults, validate, and fill in the method's parameters.
 
-    None values in a layer mean "not set". The result also names the model's `family`.
+    None values in a layer mean "not set". `video` says what the command makes (None: either), checked first.
+    The result also names the model's `family`.
     """
     from vsf_cli import guidance
     from vsf_cli.models import limits
@@ -91,6 +92,13 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None) -
     for layer in layers:
         merged.update({k: v for k, v in layer.items() if v is not None})
     spec = resolve_model(str(merged.get("model") or DEFAULT_MODEL))
+    if video is not None and video != (spec.frames is not None):
+        from vsf_cli.models.registry import MODELS
+
+        if not video:
+            raise UsageError(f"{merged.get('model') or spec.alias} makes videos; use `vsf video`")
+        known = ", ".join(alias for alias, m in MODELS.items() if m.frames is not None)
+        raise UsageError(f"{merged.get('model') or spec.alias} makes images; use `vsf gen` (video models: {known})")
     if merged.get("image") or merged.get("mask"):
         merged.update(_image_inputs(merged, warn, spec))
     elif merged.get("strength") is not None:

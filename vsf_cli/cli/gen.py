@@ -66,9 +66,7 @@ def gen(
             raise UsageError("missing PROMPT (or --from FILE)")
 
         def plan(settings: dict, seed_list: list[int]):
-            if settings["family"] == "wan":
-                raise UsageError(f"{settings['model']} makes videos; use `vsf video`")
             return g.plan_paths(settings, seed_list, output, overwrite)
 
-        g.run(flags, defaults={}, from_file=from_file, preset=preset, seed=seed, seeds=seeds, count=count, plan=plan,
+        g.run(flags, defaults={}, video=False, from_file=from_file, preset=preset, seed=seed, seeds=seeds, count=count, plan=plan,
               dry_run=dry_run, as_json=as_json, offline=offline, quiet=quiet, verbose=verbose)

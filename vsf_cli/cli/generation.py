@@ -42,11 +42,11 @@ VERBOSE = typer.Option(False, "--verbose", "-v", help="Also print the resolved s
 DEBUG = typer.Option(False, "--debug", help="Show the full traceback on errors.")
 
 
-def run(flags: dict, *, defaults: dict, from_file: Path | None, preset: str | None, seed: list[int] | None, seeds: int | None,
+def run(flags: dict, *, defaults: dict, video: bool, from_file: Path | None, preset: str | None, seed: list[int] | None, seeds: int | None,
         count: int | None, plan, dry_run: bool, as_json: bool, offline: bool, quiet: bool, verbose: bool) -> None:
     """Resolve settings over the command's `defaults` and pick seeds, plan every output path
     (`plan(settings, seeds)`), then render or dry-run."""
-    settings = resolve_settings(flags, from_file, preset, defaults)
+    settings = resolve_settings(flags, from_file, preset, defaults, video=video)
     stored_seed = settings.pop("seed")  # from --from; explicit seeds and --seeds win
     explicit_seeds = list(seed or ([] if stored_seed is None or seeds else [stored_seed]))
     jobs = plan(settings, _seeds(explicit_seeds, seeds, count))
@@ -57,7 +57,8 @@ def run(flags: dict, *, defaults: dict, from_file: Path | None, preset: str | No
     _render(jobs, offline=offline, as_json=as_json, quiet=quiet, verbose=verbose)
 
 
-def resolve_settings(flags: dict, from_file: Path | None, preset: str | None = None, defaults: dict | None = None) -> dict:
+def resolve_settings(flags: dict, from_file: Path | None, preset: str | None = None, defaults: dict | None = None,
+                     video: bool | None = None) -> dict:
     """Merge model defaults < command defaults < preset < --from file < VSF_* env < flags; validate (no model load)."""
     from vsf_cli.batch.plan import fill_negative
     from vsf_cli.batch.spec import preset_defaults
@@ -66,7 +67,7 @@ def resolve_settings(flags: dict, from_file: Path | None, preset: str | None = N
 
     replay = stored(read_metadata(from_file)) if from_file else {}
     layers = [defaults or {}, preset_defaults(preset), replay, env_layer(), flags]
-    settings = resolve(*layers, warn=warn)
+    settings = resolve(*layers, warn=warn, video=video)
     settings["negative"] = fill_negative(settings["negative"], settings["prompt"])
     warn_ignored(flags, settings["method"])
     return settings

@@ -71,11 +71,9 @@ def video(
         }
 
         def plan(settings: dict, seed_list: list[int]):
-            if settings["family"] != "wan":
-                raise UsageError(f"{settings['model']} makes images; use `vsf gen` (video models: wan-1.3b, wan-14b, wan-i2v-14b)")
             template = str(output_path(Path(output), output_format)) if output == DEFAULT_OUTPUT else output
             suffix = output_path(Path("x.mp4"), output_format).suffix
             return g.plan_paths(settings, seed_list, template, overwrite, suffix, also=lambda path: [sidecar(path)])
 
-        g.run(flags, defaults={"model": "wan-1.3b"}, from_file=from_file, preset=preset, seed=seed, seeds=seeds, count=count, plan=plan,
+        g.run(flags, defaults={"model": "wan-1.3b"}, video=True, from_file=from_file, preset=preset, seed=seed, seeds=seeds, count=count, plan=plan,
               dry_run=dry_run, as_json=as_json, offline=offline, quiet=quiet, verbose=verbose)
