@@ -5,6 +5,19 @@ import math
 import torch
 
 
+def naive_nag(s, tau, a):
+    """NAG's per-token formula as its paper writes it, one token at a time; rows are (tokens, heads * head_dim)."""
+    def combine(z_pos, z_neg):
+        out = torch.empty_like(z_pos)
+        for t in range(z_pos.shape[0]):
+            g = s * z_pos[t] - (s - 1) * z_neg[t]  # extrapolate away from the negative
+            r = g.abs().sum() / z_pos[t].abs().sum()  # L1 over all heads' channels of this token
+            g = g * min(r, tau) / r  # cap the norm ratio at tau
+            out[t] = a * g + (1 - a) * z_pos[t]  # blend into the positive
+        return out
+    return combine
+
+
 def generate(pipe, prompt="a red bike", seed=0, steps=2, guidance_scale=0.0, height=32, width=32, **kw):
     """A seeded tiny render; one generator per prompt so batched and single runs match."""
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompt) if isinstance(prompt, list) else 1)]
@@ -45,6 +58,15 @@ def softmax_attention(q, k, v, mask=None):
     return torch.softmax(logits, -1) @ v
 
 
+def spans(groups: dict[str, int]) -> dict[str, slice]:
+    """Consecutive groups of tokens, in order, as slices: {"I": 4, "P": 2} -> {"I": slice(0, 4), "P": slice(4, 6)}."""
+    out, start = {}, 0
+    for name, size in groups.items():
+        out[name] = slice(start, start + size)
+        start += size
+    return out
+
+
 class DenseVSF:
     """VSF written from the paper's table: full q/k/v, one dense mask, softmax.
 
@@ -55,6 +77,7 @@ class DenseVSF:
         self.n_pos, self.n_neg, self.scale, self.offset, self.layout = n_pos, n_neg, scale, offset, layout
 
     def mask(self, n_img):
+        """The table as an additive mask: 0 where a query group sees a key group, -offset on I -> N1, -inf elsewhere."""
         p, n = self.n_pos, self.n_neg
         if self.layout == "paper":  # queries [I, P, N0], keys [I, P, N0, N1]
             groups = {"I": n_img, "P": p, "N0": n}
@@ -63,13 +86,11 @@ class DenseVSF:
             groups = {"I": n_img, "P": p, "Na": n, "Nb": n}
             see = {"I": {"I": 0, "P": 0, "Na": 0, "N1": -self.offset}, "P": {"I": 0, "P": 0, "Na": 0},
                    "Na": {"I": 0, "P": 0, "Na": 0}, "Nb": {"I": 0, "Nb": 0}}
-        rows = [name for name, size in groups.items() for _ in range(size)]
-        cols = [name for name, size in {**groups, "N1": n}.items() for _ in range(size)]
-        m = torch.full((len(rows), len(cols)), float("-inf"), dtype=torch.float64)
-        for i, r in enumerate(rows):
-            for j, c in enumerate(cols):
-                if c in see[r]:
-                    m[i, j] = see[r][c]
+        rows, cols = spans(groups), spans({**groups, "N1": n})
+        m = torch.full((sum(groups.values()), sum(groups.values()) + n), float("-inf"), dtype=torch.float64)
+        for r, seen in see.items():
+            for c, value in seen.items():
+                m[rows[r], cols[c]] = value
         return m
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
@@ -161,7 +182,8 @@ class DenseCross:
     """Wan cross-attention written out in full, in float64: the context's last `n_neg` tokens are the negative.
 
     method "vsf": one softmax over the whole context with a dense bias (-offset on negative columns) and the
-    negative's values multiplied by -scale. "nag"/"nasa": one softmax per prompt, then NAG's formula or Z+ - s Z-.
+    negative's values multiplied by -scale. "nag"/"nasa": one softmax per prompt, then NAG's formula token by token
+    (`naive_nag`) or Z+ - s Z-.
     `image_tokens` > 0: that many image-context tokens lead the context (I2V) and are attended separately.
     """
 
@@ -191,11 +213,14 @@ class DenseCross:
             if self.method == "nasa":
                 out = z_pos - self.params["nasa_scale"] * z_neg
             else:
-                s, tau, a = self.params["nag_scale"], self.params["nag_tau"], self.params["nag_alpha"]
-                guided = s * z_pos - (s - 1) * z_neg
-                ratio = guided.abs().sum((1, 3), keepdim=True) / z_pos.abs().sum((1, 3), keepdim=True)
-                guided = guided * ratio.clamp(max=tau) / ratio
-                out = a * guided + (1 - a) * z_pos
+                combine = naive_nag(self.params["nag_scale"], self.params["nag_tau"], self.params["nag_alpha"])
+                d = z_pos.shape[-1]
+
+                def rows(x):  # (batch, heads, tokens, d) -> (batch, tokens, heads * d), NAG's layout
+                    return x.transpose(1, 2).reshape(b, -1, h * d)
+
+                out = torch.stack([combine(zp, zn) for zp, zn in zip(rows(z_pos), rows(z_neg), strict=True)])
+                out = out.reshape(b, -1, h, d).transpose(1, 2)
         if self.image_tokens:
             k_img = split(attn.norm_added_k(attn.add_k_proj(image_ctx)))
             out = out + softmax_attention(q, k_img, split(attn.add_v_proj(image_ctx)))

@@ -6,23 +6,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from oracles import ContrastOracle, generate, hooks_left, run_with_oracle
+from oracles import ContrastOracle, generate, hooks_left, naive_nag, run_with_oracle
 from vsf_cli import guidance
 from vsf_cli.cli import app
 from vsf_cli.errors import UsageError
 from vsf_cli.guidance.nag import nag_combine
-
-
-def naive_nag(s, tau, a):
-    def combine(z_pos, z_neg):  # (tokens, channels), one token at a time as the NAG paper writes it
-        out = torch.empty_like(z_pos)
-        for t in range(z_pos.shape[0]):
-            g = s * z_pos[t] - (s - 1) * z_neg[t]
-            r = g.abs().sum() / z_pos[t].abs().sum()
-            g = g * min(r, tau) / r
-            out[t] = a * g + (1 - a) * z_pos[t]
-        return out
-    return combine
 
 
 def naive_nasa(s):

@@ -66,10 +66,24 @@ class DenseFluxVSF:
         return attn.to_out[1](attn.to_out[0](image)), attn.to_add_out(text)
 
 
-def with_oracle(pipe, negative, scale, offset, run):
+@torch.no_grad()
+def unpadded_negative(pipe, text):
+    """docs/method.md §3 written out, sharing no code with vsf_cli: the negative's T5 states with EOS, no padding."""
+    ids = pipe.tokenizer_2(text, return_tensors="pt").input_ids
+    assert ids[0, -1] == pipe.tokenizer_2.eos_token_id
+    return pipe.text_encoder_2(ids).last_hidden_state
+
+
+def test_unpadded_negative_is_encoded_as_documented(flux):
     from vsf_cli.models.families.flux import encode_negative
 
-    neg = encode_negative(pipe, negative)
+    for text in ("wheels", "a long negative prompt"):
+        ours, doc = encode_negative(flux, text), unpadded_negative(flux, text)
+        assert ours.shape == doc.shape and torch.allclose(ours, doc, atol=1e-6), text
+
+
+def with_oracle(pipe, negative, scale, offset, run):
+    neg = unpadded_negative(pipe, negative)
 
     def hook(module, args, kwargs):
         e, ids = kwargs["encoder_hidden_states"], kwargs["txt_ids"]

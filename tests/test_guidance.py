@@ -74,14 +74,63 @@ def test_infinite_offset_is_positive_only_attention():
     assert torch.allclose(fast[0], plain[:, :, :30], atol=1e-6)
 
 
+def test_dense_mask_equals_the_table_cell_by_cell():
+    """The oracle's mask, built from slices, against the table written out one cell at a time."""
+    def loop_mask(oracle, n_img):
+        p, n, beta = oracle.n_pos, oracle.n_neg, oracle.offset
+        if oracle.layout == "paper":
+            groups = {"I": n_img, "P": p, "N0": n}
+            see = {"I": {"I": 0, "P": 0, "N1": -beta}, "P": {"I": 0, "P": 0}, "N0": {"I": 0, "N0": 0}}
+        else:
+            groups = {"I": n_img, "P": p, "Na": n, "Nb": n}
+            see = {"I": {"I": 0, "P": 0, "Na": 0, "N1": -beta}, "P": {"I": 0, "P": 0, "Na": 0},
+                   "Na": {"I": 0, "P": 0, "Na": 0}, "Nb": {"I": 0, "Nb": 0}}
+        rows = [name for name, size in groups.items() for _ in range(size)]
+        cols = [name for name, size in {**groups, "N1": n}.items() for _ in range(size)]
+        m = torch.full((len(rows), len(cols)), float("-inf"), dtype=torch.float64)
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                if c in see[r]:
+                    m[i, j] = see[r][c]
+        return m
+
+    for layout in ("paper", "reference"):
+        oracle = DenseVSF(5, 3, 2.0, 0.25, layout)
+        assert torch.equal(oracle.mask(7), loop_mask(oracle, 7)), layout
+
+
 # --- pipelines: an independent dense oracle (tests/oracles.py) ---------------------------------------------------
 
 
-def oracle_run(pipe, negative, scale, offset, layout="paper", **call):
-    """The dense oracle on `pipe`: negative tokens from the package's encoder, everything else independent."""
+@torch.no_grad()
+def unpadded_negative(pipe, text):
+    """docs/method.md §2.1 written out with the pipeline's own tokenizers and encoders, sharing no code with vsf_cli:
+    CLIP-L and CLIP-G penultimate states of BOS..EOS (no padding), joined on channels, zero-padded to the joint
+    width, then the T5 tokens with EOS (no padding)."""
+    clip = []
+    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+        ids = tokenizer(text, return_tensors="pt").input_ids  # no padding unless asked for
+        assert ids[0, 0] == tokenizer.bos_token_id and ids[0, -1] == tokenizer.eos_token_id
+        clip.append(encoder(ids, output_hidden_states=True).hidden_states[-2])
+    clip = torch.cat(clip, dim=-1)
+    width = pipe.transformer.config.joint_attention_dim
+    clip = torch.cat([clip, clip.new_zeros(1, clip.shape[1], width - clip.shape[2])], dim=-1)
+    ids = pipe.tokenizer_3(text, return_tensors="pt").input_ids
+    assert ids[0, -1] == pipe.tokenizer_3.eos_token_id
+    return torch.cat([clip, pipe.text_encoder_3(ids).last_hidden_state], dim=1)
+
+
+def test_unpadded_negative_is_encoded_as_documented(sd3):
     from vsf_cli.models.families.sd3 import encode_negative
 
-    neg = encode_negative(pipe, negative)
+    for text in ("wheels", "a long negative prompt"):
+        ours, doc = encode_negative(sd3, text), unpadded_negative(sd3, text)
+        assert ours.shape == doc.shape and torch.allclose(ours, doc, atol=1e-6), text
+
+
+def oracle_run(pipe, negative, scale, offset, layout="paper", **call):
+    """The dense oracle on `pipe`, sharing no code with vsf_cli: its own negative encoding and a dense mask."""
+    neg = unpadded_negative(pipe, negative)
     processor = DenseVSF(77 + 256, neg.shape[1], scale, offset, layout)
     return run_with_oracle(pipe, processor, [neg] * (1 if layout == "paper" else 2), **call)
 
