@@ -226,3 +226,38 @@ class DenseCross:
             out = out + softmax_attention(q, k_img, split(attn.add_v_proj(image_ctx)))
         out = out.float().transpose(1, 2).reshape(b, -1, h * q.shape[-1])
         return attn.to_out[1](attn.to_out[0](out))
+
+
+def kernel_calls_per_step(pipe, monkeypatch, run) -> list[int]:
+    """Run `run()` and return, per denoising step in order, how many times NAG's attention kernel ran.
+
+    Steps are told apart by the transformer's `timestep` argument (a new value starts the next step; CFG's second
+    forward of a step repeats it), seen by a torch pre-hook on the transformer: nothing is read from the scheduler.
+    """
+    from vsf_cli.guidance.nag import NAG
+
+    counts: list[int] = []
+    last = [None]
+
+    def new_step(module, args, kwargs):
+        t = float(kwargs["timestep"].flatten()[0])
+        if t != last[0]:
+            counts.append(0)
+            last[0] = t
+
+    for name in ("kernel", "cross_kernel"):
+        def counting(self, make=getattr(NAG, name)):
+            inner = make(self)
+
+            def kernel(*args, **kwargs):
+                counts[-1] += 1
+                return inner(*args, **kwargs)
+            return kernel
+
+        monkeypatch.setattr(NAG, name, counting)
+    handle = pipe.transformer.register_forward_pre_hook(new_step, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return counts

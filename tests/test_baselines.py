@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from oracles import ContrastOracle, generate, hooks_left, naive_nag, run_with_oracle
+from oracles import ContrastOracle, generate, hooks_left, kernel_calls_per_step, naive_nag, run_with_oracle
 from vsf_cli import guidance
 from vsf_cli.cli import app
 from vsf_cli.errors import UsageError
@@ -60,30 +60,61 @@ def test_leaving_restores_bit_exactly(sd3, method):
     assert sd3.transformer.attn_processors == processors and not hooks_left(sd3.transformer)
 
 
-def test_nag_end_switches_guidance_off_late_in_sampling(sd3):
-    # 4 steps with shift 3 run at t = 1000, 900, 750, 500: nag_end 0.2 guides the first two, nag_end 0 the first.
-    runs = {}
-    for end in (1.0, 0.2, 0.0):
-        with guidance.apply(sd3, "nag", negative="wheels", nag_scale=8.0, nag_end=end):
-            runs[end] = generate(sd3, steps=4)
-    plain = generate(sd3, steps=4)
-    images = [runs[1.0], runs[0.2], runs[0.0], plain]
-    for i in range(4):
-        for j in range(i + 1, 4):
-            assert not torch.allclose(images[i], images[j], atol=1e-4), (i, j)
+# (nag_end, steps guided of 8): a fraction of the steps. By timestep (NAG's t >= (1 - nag_end) * 1000), SD3's
+# shift-3 schedule would guide 7 of 8 at 0.5, and Flux, whose transformer gets t / 1000, none below 1.
+WINDOWS = [(1.0, 8), (0.5, 4), (0.3, 3), (0.0, 0)]
 
 
-def test_inactive_calls_run_the_stock_processors(sd3):
-    t = sd3.transformer
-    inputs = dict(hidden_states=torch.randn(1, 16, 4, 4), encoder_hidden_states=torch.randn(1, 333, 32),
-                  pooled_projections=torch.randn(1, 32), timestep=torch.tensor([100.0]))
-    with torch.no_grad():
-        plain = t(**inputs).sample
+@pytest.mark.parametrize("end, guided", WINDOWS)
+def test_nag_end_guides_the_first_steps(sd3, monkeypatch, end, guided):
+    images = {}
+
+    def run(method, **params):
+        with guidance.apply(sd3, method, negative="wheels", **params):
+            images[method] = generate(sd3, steps=8)
+
+    counts = kernel_calls_per_step(sd3, monkeypatch, lambda: run("nag", nag_scale=8.0, nag_end=end))
+    assert counts == [3] * guided + [0] * (8 - guided)  # 3 joint blocks
+    if end == 0:
+        run("none")
+        assert torch.equal(images["nag"], images["none"])
+
+
+def test_nag_end_on_img2img_is_a_fraction_of_the_steps_run(sd3, monkeypatch):
+    """strength 0.5 of 8 steps runs the last 4; nag_end 0.5 guides the first 2 of those."""
+    from diffusers import StableDiffusion3Img2ImgPipeline
+    from PIL import Image
+
+    pipe = StableDiffusion3Img2ImgPipeline(**sd3.components)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        with guidance.apply(pipe, "nag", negative="wheels", nag_end=0.5):
+            pipe(prompt="a red bike", image=Image.new("RGB", (32, 32), (200, 40, 30)), strength=0.5,
+                 num_inference_steps=8, guidance_scale=0.0, generator=torch.Generator().manual_seed(0),
+                 output_type="pt")
+
+    assert kernel_calls_per_step(pipe, monkeypatch, run) == [3, 3, 0, 0]
+
+
+@torch.no_grad()
+def test_calls_outside_the_window_run_the_stock_processors(sd3):
+    """nag_end 0.5 of 8 steps: each late call equals the stock transformer on its inputs bit for bit; early ones differ."""
+    calls = []
+
+    def record(module, args, kwargs, output):
+        calls.append(({k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}, output[0].clone()))
+
+    handle = sd3.transformer.register_forward_hook(record, with_kwargs=True)
+    try:
         with guidance.apply(sd3, "nag", negative="wheels", nag_scale=8.0, nag_end=0.5):
-            late = t(**inputs).sample  # t = 100 < (1 - 0.5) * 1000: NAG is off, and bit-identical
-            early = t(**{**inputs, "timestep": torch.tensor([900.0])}).sample
-    assert torch.equal(late, plain)
-    assert not torch.allclose(early, t(**{**inputs, "timestep": torch.tensor([900.0])}).sample, atol=1e-5)
+            generate(sd3, steps=8)
+    finally:
+        handle.remove()
+    assert len(calls) == 8
+    for step, (kwargs, output) in enumerate(calls):
+        plain = sd3.transformer(**kwargs)[0]
+        assert torch.equal(output, plain) if step >= 4 else not torch.allclose(output, plain, atol=1e-5), step
 
 
 def test_cfg_is_the_pipelines_own_cfg(sd3):

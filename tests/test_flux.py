@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from oracles import check_uncond_passes_run_plain, hooks_left
+from oracles import check_uncond_passes_run_plain, hooks_left, kernel_calls_per_step
 from vsf_cli import guidance
 from vsf_cli.cli import app
 
@@ -104,7 +104,8 @@ def with_oracle(pipe, negative, scale, offset, run):
 
 
 def generate(pipe, **kw):
-    return pipe("a red bike", num_inference_steps=2, guidance_scale=0.0, height=32, width=32, max_sequence_length=64,
+    kw.setdefault("num_inference_steps", 2)
+    return pipe("a red bike", guidance_scale=0.0, height=32, width=32, max_sequence_length=64,
                 generator=torch.Generator().manual_seed(0), output_type="pt", **kw).images
 
 
@@ -166,6 +167,39 @@ def test_baselines_run_on_flux_and_restore(flux, method):
                       generator=torch.Generator().manual_seed(0), output_type="pt", guidance_scale=0.0, **extra).images
     assert not torch.allclose(guided, before, atol=1e-4)
     assert torch.equal(generate(flux), before)
+
+
+@pytest.mark.parametrize("end, guided, true_cfg", [(1.0, 8, False), (0.5, 4, False), (0.5, 4, True), (0.0, 0, True)])
+def test_nag_end_guides_the_first_steps(flux, monkeypatch, end, guided, true_cfg):
+    """Flux's transformer gets t / 1000, which a window by timestep read as 'always off' below nag_end 1."""
+    cfg = {"true_cfg_scale": 2.0, "negative_prompt": "blurry"} if true_cfg else {}
+    images = {}
+
+    def run(method, **params):
+        with guidance.apply(flux, method, negative="wheels", **params):
+            images[method] = generate(flux, num_inference_steps=8, **cfg)
+
+    counts = kernel_calls_per_step(flux, monkeypatch, lambda: run("nag", nag_end=end))
+    assert counts == [4] * guided + [0] * (8 - guided)  # 2 dual + 2 single blocks, conditional pass only
+    if end == 0:
+        run("none")
+        assert torch.equal(images["nag"], images["none"])
+
+
+def test_nag_end_on_img2img_is_a_fraction_of_the_steps_run(flux, monkeypatch):
+    from diffusers import FluxImg2ImgPipeline
+    from PIL import Image
+
+    pipe = FluxImg2ImgPipeline(**flux.components)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        with guidance.apply(pipe, "nag", negative="wheels", nag_end=0.5):
+            pipe("a red bike", image=Image.new("RGB", (32, 32), (200, 40, 30)), strength=0.5, num_inference_steps=8,
+                 height=32, width=32, guidance_scale=0.0, max_sequence_length=64,
+                 generator=torch.Generator().manual_seed(0), output_type="pt")
+
+    assert kernel_calls_per_step(pipe, monkeypatch, run) == [4, 4, 0, 0]
 
 
 def test_cli_end_to_end(flux_dir, tmp_path, monkeypatch):

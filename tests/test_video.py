@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from oracles import DenseCross, check_uncond_passes_run_plain, hooks_left
+from oracles import DenseCross, check_uncond_passes_run_plain, hooks_left, kernel_calls_per_step
 from tiny import build_wan
 from vsf_cli import guidance
 from vsf_cli.cli import app
@@ -126,6 +126,26 @@ def test_cfg_unconditional_pass_runs_plain_attention(wan):
             render(wan, guidance_scale=3.0, negative_prompt="blurry")
 
     check_uncond_passes_run_plain(wan, run)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("end, guided, guidance_scale", [(1.0, 8, 1.0), (0.5, 4, 1.0), (0.5, 4, 3.0), (0.0, 0, 3.0)])
+def test_nag_end_guides_the_first_steps(wan, monkeypatch, end, guided, guidance_scale):
+    """A fraction of the steps, also with CFG's second forward per step (never guided itself)."""
+    cfg = {"guidance_scale": guidance_scale, "num_inference_steps": 8}
+    if guidance_scale > 1:
+        cfg["negative_prompt"] = "blurry"
+    frames = {}
+
+    def run(method, **params):
+        with guidance.apply(wan, method, negative=NEG, **params):
+            frames[method] = render(wan, **cfg)
+
+    counts = kernel_calls_per_step(wan, monkeypatch, lambda: run("nag", nag_end=end))
+    assert counts == [2] * guided + [0] * (8 - guided)  # 2 blocks' cross-attention, conditional pass only
+    if end == 0:
+        run("none")
+        assert torch.equal(frames["nag"], frames["none"])
 
 
 @pytest.fixture(scope="session")

@@ -55,11 +55,11 @@ def install_cross(
     kernel: CrossKernel,
     *,
     padded: bool = False,
-    active: Callable[[dict], bool] | None = None,
+    active: Callable[[object, dict], bool] | None = None,
     reference_layout: bool = False,
 ) -> Installation:
     """Put the negative into the text context on every conditional transformer call; route cross-attention
-    through `kernel`. `active(transformer_kwargs)` may switch guidance off for a call (NAG's `nag_end`).
+    through `kernel`. `active(pipe, transformer_kwargs)` may switch guidance off for a call (NAG's `nag_end`).
 
     `reference_layout` changes nothing here: the seed code's Wan pipeline has the paper's layout (no duplicate).
     """

@@ -37,18 +37,18 @@ class Installation:
             self._undo.pop()()
 
 
-def install(pipe, family, state, active: Callable[[dict], bool] | None, add_negative: Callable[[dict], dict],
+def install(pipe, family, state, active: Callable[[object, dict], bool] | None, add_negative: Callable[[dict], dict],
             attentions: list[torch.nn.Module], processor: Callable) -> Installation:
     """Hook every transformer call and give each of `attentions` the processor `processor(state, original)`.
 
-    Per call: the family checks the pipeline, `state.active` is set (conditional pass, and `active(kwargs)` if
+    Per call: the family checks the pipeline, `state.active` is set (conditional pass, and `active(pipe, kwargs)` if
     given), and an active call's kwargs become `add_negative(kwargs)`; inactive calls run the stock processors.
     All or nothing: a failure part-way undoes what was done.
     """
 
     def before(kwargs: dict, guided: bool) -> dict:
         family.check_call(pipe)
-        state.active = guided and (active is None or active(kwargs))
+        state.active = guided and (active is None or active(pipe, kwargs))
         return add_negative(kwargs) if state.active else kwargs
 
     installed = Installation()

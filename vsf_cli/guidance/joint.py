@@ -37,15 +37,15 @@ def install_joint(
     *,
     padded: bool = False,
     reference_layout: bool = False,
-    active: Callable[[dict], bool] | None = None,
+    active: Callable[[object, dict], bool] | None = None,
 ) -> Installation:
     """Append the negative to the text stream on every transformer call and route joint attention through `kernel`.
 
     `padded` encodes the negative like a positive (NAG and NASA do; VSF must not, or padding gets flipped too).
     `reference_layout` reproduces the seed code's stream [P, Na, Nb] (docs/method.md §2.3): Na then acts as part of
     the positive, and Nb is the collector whose flipped copy the image reads.
-    `active(transformer_kwargs)` may switch guidance off for a call; the stock processors then run, as they do on a
-    classifier-free-guidance unconditional pass.
+    `active(pipe, transformer_kwargs)` may switch guidance off for a call; the stock processors then run, as they do
+    on a classifier-free-guidance unconditional pass.
     """
     stack = NegativeTokens([family.encode_negative(pipe, text, padded=padded) for text in negatives])
     state = JointState(kernel)

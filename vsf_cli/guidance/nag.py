@@ -3,6 +3,7 @@
 import torch
 from pydantic import Field
 
+from vsf_cli.errors import UsageError
 from vsf_cli.guidance.base import AttentionMethod
 
 
@@ -26,7 +27,8 @@ class NAG(AttentionMethod):
     nag_scale: float = Field(4.0, ge=1.0, le=20.0, description="extrapolation s; 1 = off")
     nag_tau: float = Field(2.5, ge=1.0, le=20.0, description="cap on the L1-norm ratio of guided to positive")
     nag_alpha: float = Field(0.125, ge=0.0, le=1.0, description="blend of the guided output into the positive one")
-    nag_end: float = Field(1.0, ge=0.0, le=1.0, description="fraction of the denoising (by timestep) it is active")
+    nag_end: float = Field(1.0, ge=0.0, le=1.0,
+                           description="fraction of the steps it guides, from the first: 0.5 = the first half")
 
     def kernel(self):
         from vsf_cli.guidance.attention import contrast_joint
@@ -47,8 +49,33 @@ class NAG(AttentionMethod):
         return kernel
 
     def options(self) -> dict:
-        # NAG's pipelines stop guiding once t < (1 - nag_end) * 1000.
-        def active(kwargs) -> bool:
-            return float(kwargs["timestep"].flatten()[0]) >= (1 - self.nag_end) * 1000
+        # A window by steps, not by timestep (NAG's pipelines stop once t < (1 - nag_end) * 1000, which reads Flux's
+        # t / 1000 as "always off"): step i of n is guided while i / n < nag_end, so nag_end 0.5 guides 4 of 8 steps,
+        # 0.3 guides 3 of 8 (each step that starts before 30% of the run), 0 none and 1 all, on every family.
+        def active(pipe, kwargs) -> bool:
+            if self.nag_end >= 1:
+                return True
+            step, steps = step_of_run(pipe)
+            return step / steps < self.nag_end
 
         return {"padded": True, "active": active}
+
+
+def step_of_run(pipe) -> tuple[int, int]:
+    """(i, n): the transformer call now running belongs to step i (from 0) of the n steps this pipeline call runs.
+
+    Read from the pipeline's scheduler, not from the `timestep` argument: families scale it differently (Flux passes
+    t / 1000, SD3 and Wan t), and a window by timestep is a window by the noise schedule, not by steps. diffusers'
+    FlowMatchEulerDiscreteScheduler and UniPCMultistepScheduler reset `step_index` to None in `set_timesteps`,
+    set it on the first `step()` and add one per `step()`, so every forward of one step (CFG's second pass, SD3's
+    skip-layer pass) sees the same index. img2img and inpaint start at `begin_index` (`t_start * order`); i counts
+    from there and n is the steps actually run, so `--strength 0.5 --steps 8 --nag-end 0.5` guides 2 of the 4
+    steps that run: the window is a share of the work the user sees happen, as with text-to-image.
+    """
+    scheduler = pipe.scheduler
+    timesteps = getattr(scheduler, "timesteps", None)
+    if timesteps is None or not hasattr(scheduler, "step_index"):
+        raise UsageError(f"nag_end < 1 needs a scheduler that counts its steps; {type(scheduler).__name__} does not")
+    first = getattr(scheduler, "begin_index", None) or 0
+    index = scheduler.step_index  # None until the first step() of this pipeline call
+    return (0 if index is None else index - first), len(timesteps) - first
