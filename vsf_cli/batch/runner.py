@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from vsf_cli.batch.plan import PlannedJob
 from vsf_cli.errors import UsageError, VsfError, describe
 from vsf_cli.generate import LOAD_KEYS
 
+_PARTIAL = re.compile(r"\.(.+)\.[0-9a-f]{8}\.partial")  # render.naming.atomic_write's temp files
 DISK_FULL = "disk_full"  # a failure's `reason` when the disk was full: a resume runs the job again by itself
 
 
@@ -133,6 +135,7 @@ class Runner:
         recorded now, not rendered again). Failed jobs rerun only with retry_failed, except after a full disk.
         """
         manifest.repair(self.manifest, warn)
+        self._remove_partial_files(jobs)
         records = self.records = read_manifests(self.out_dir, warn)
         outcome, todo = Outcome(), []
         for job in jobs:
@@ -149,6 +152,25 @@ class Runner:
             else:
                 todo.append(job)
         return todo, outcome
+
+    def _remove_partial_files(self, jobs: list[PlannedJob]) -> None:
+        """Temp files a killed process left next to this shard's outputs (atomic_write's `.NAME.HEX.partial.EXT`).
+
+        Only this shard writes these names, and it holds the lock, so none of them is being written now."""
+        names: dict[Path, set[str]] = {}
+        for job in jobs:
+            names.setdefault(job.path.parent, set()).update({job.path.name, job.path.with_suffix(".json").name})
+        names.setdefault(self.manifest.parent, set())
+        for folder, own in names.items():
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for entry in entries:
+                match = _PARTIAL.match(entry.name)
+                repair = entry.name.startswith(f".{self.manifest.name}.") and entry.name.endswith(".repair")
+                if (repair or (match and match[1] in own)) and entry.is_file(follow_symlinks=False):
+                    Path(entry.path).unlink(missing_ok=True)
 
     def _embedded(self, job: PlannedJob) -> dict | None:
         """The metadata of the file at the job's path when it names this job, else None."""
