@@ -94,7 +94,10 @@ def run(
                 try:
                     outcome = work.run(todo, outcome, fail_fast=fail_fast, overwrite=overwrite)
                 except KeyboardInterrupt:
-                    console.print(f"interrupted; finished jobs are in {work.manifest}, rerun the same command to resume")
+                    # Not through rich: a Ctrl-C inside console.print leaves its line in rich's buffer, which the
+                    # next console.print would write a second time.
+                    typer.echo(f"interrupted; finished jobs are in {work.manifest}, rerun the same command to resume",
+                               err=True)
                     raise typer.Exit(130) from None
                 except runner.RunStopped as e:  # a full disk: the summary, then one line
                     _summary(outcome, out_dir, as_json, quiet)
