@@ -153,6 +153,9 @@ def test_a_cut_record_through_the_cli_warns_and_the_next_record_starts_on_a_fres
     status = cli.invoke(app, ["batch", "status", str(out)])
     assert status.exit_code == 0 and status.stdout.startswith("3/3 done, 0 failed, 0 pending\n  1 finished before")
     assert "1 record that does not parse (line 3" in status.stderr
+    evaluated = cli.invoke(app, ["eval", str(out), "--json", "-q"])  # judges what is recorded, names what is not
+    assert evaluated.exit_code == 0 and json.loads(evaluated.stdout)["items"] == 2, evaluated.output
+    assert "1 finished output of" in evaluated.stderr and "is not in its manifest yet and not judged" in evaluated.stderr
     result = batch(jobs_yaml, "-o", out, "--json")  # one more job too: it must land on its own line
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"done": 1, "skipped": 3, "failed": 0, "failed_before": 0, "out": str(out)}
@@ -266,6 +269,19 @@ def test_a_full_disk_that_cannot_even_record_the_failure_says_so(fast_tmp, refer
     monkeypatch.undo()
     assert batch(jobs_yaml, "-o", out, "-q").exit_code == 0
     audit(out, reference, 3)
+
+
+def test_a_full_disk_before_the_first_job_is_one_line(fast_tmp, monkeypatch):
+    def full(out_dir, source, jobs):
+        raise _enospc(str(out_dir / "plan.json"))
+
+    monkeypatch.setattr(runner, "write_plan", full)
+    out = fast_tmp / "run"
+    result = batch(job_file(fast_tmp, 2), "-o", out)
+    FAULTS["faults injected"] += 1
+    assert result.exit_code == 1
+    assert result.stderr == (f"error: the disk is full (No space left on device) under {out}; free some space and "
+                             "rerun the same command to resume\n")
 
 
 def _mount_tmpfs(folder: Path, size: str) -> bool:
