@@ -33,6 +33,7 @@ cli = CliRunner()
 FAULTS = Counter()  # faults injected, records lost, duplicates: the numbers for the note
 JOB = {"prompt": "a red house", "neg": "roof", "meta": {"expect": {"object": "house", "negative": "roof"}}}
 REFERENCE_JOBS = 16
+KILLS = 12  # the soak's kill -9s: bounded, so the file stays near a minute on a shared two-core machine
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -389,17 +390,18 @@ def test_an_output_overwritten_is_not_done_for_status_resume_or_eval(fast_tmp, r
 
 
 def test_eval_and_report_judge_what_they_can(fast_tmp, reference):
-    out, jobs_yaml = fast_tmp / "run", job_file(fast_tmp, 6, sweep={"method": ["none", "vsf"]})
+    out, jobs_yaml = fast_tmp / "run", job_file(fast_tmp, 2, sweep={"method": ["none", "vsf"]})
     assert batch(jobs_yaml, "-o", out, "-q").exit_code == 0
-    files = sorted(out.glob("*.png"))
+    files = sorted(out.glob("*.png"))  # none seed 0 and 1, vsf seed 0 and 1
     files[0].write_bytes(files[0].read_bytes()[:-80])  # truncated
     files[3].write_bytes(b"garbage")  # not an image
     FAULTS["faults injected"] += 2
     result = cli.invoke(app, ["eval", str(out), "--json"])
     assert result.exit_code == 3, result.output
     summary = json.loads(result.stdout)
-    assert (summary["items"], summary["errors"]) == (12, 2)
-    assert "2 of 12 items could not be judged" in result.stderr
+    assert (summary["items"], summary["errors"]) == (4, 2)
+    assert "2 of 4 items could not be judged" in result.stderr
+    assert runner.status(out)["done"] == 2  # status agrees: two outputs are what was rendered
     report = cli.invoke(app, ["report", str(out), "-o", str(fast_tmp / "report"), "--rows", "1"])
     assert report.exit_code == 3, report.output
     assert (fast_tmp / "report" / "contact_sheet.png").is_file() and (fast_tmp / "report" / "tradeoff.png").is_file()
@@ -514,7 +516,7 @@ def test_kill_9_at_random_times_then_resume_gives_the_uninterrupted_pixels(fast_
 
         rng = random.Random(16)  # a fixed seed: the same kill times on every run of the test
         kills, deadline = 0, time.monotonic() + 40
-        while kills < 20 and time.monotonic() < deadline:
+        while kills < KILLS and time.monotonic() < deadline:
             starts = log.read_text().count("start ") if log.exists() else 0
             pid = start()
             if rng.random() < 0.75:  # mostly in a render or its record: after the child's first render begins

@@ -224,17 +224,37 @@ def output_state(record: dict | None, out_dir: Path) -> tuple[str, str | None]:
     return "done", sha
 
 
-def carries_job(path: Path, job_id: str) -> bool:
-    """Whether a file is a complete vsf output whose embedded metadata names this batch job (so it can be adopted)."""
-    from vsf_cli.render.metadata import read_metadata
+def embedded(path: Path, job_id: str) -> dict | None:
+    """The metadata of a complete, intact vsf output that names this batch job (so it can be adopted), else None.
+
+    Intact: a PNG passes Pillow's verify (every chunk's CRC, through IEND) and decodes; a video decodes.
+    """
+    from vsf_cli.render.metadata import VIDEO_SUFFIXES, read_metadata
 
     path = Path(path)
     if not path.is_file():
-        return False
+        return None
     try:
-        return read_metadata(path).get("job_id") == job_id
+        meta = read_metadata(path)  # decodes an image fully
+        if meta.get("job_id") != job_id:
+            return None
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            from vsf_cli.render.video import read_frames
+
+            if len(read_frames(path)) == 0:
+                return None
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.verify()
     except Exception:  # noqa: BLE001 — damaged, truncated or foreign: not this job's
-        return False
+        return None
+    return meta
+
+
+def carries_job(path: Path, job_id: str) -> bool:
+    return embedded(path, job_id) is not None
 
 
 # --- one writer per shard ---------------------------------------------------------------------------------------

@@ -173,16 +173,8 @@ class Runner:
                     Path(entry.path).unlink(missing_ok=True)
 
     def _embedded(self, job: PlannedJob) -> dict | None:
-        """The metadata of the file at the job's path when it names this job, else None."""
-        from vsf_cli.render.metadata import read_metadata
-
-        if not job.path.is_file():
-            return None
-        try:
-            meta = read_metadata(job.path)
-        except Exception:  # noqa: BLE001 — damaged, truncated or not ours
-            return None
-        return meta if meta.get("job_id") == job.id else None
+        """The metadata of the file at the job's path when it is intact and names this job, else None."""
+        return manifest.embedded(job.path, job.id)
 
     def _ours(self, job: PlannedJob) -> bool:
         """Whether the file at the job's path is this job's output: it matches the job's record, or names the job."""
