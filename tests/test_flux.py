@@ -109,10 +109,19 @@ def generate(pipe, **kw):
                 generator=torch.Generator().manual_seed(0), output_type="pt", **kw).images
 
 
-def test_every_dual_and_single_block_is_patched(flux):
+def test_every_dual_and_single_block_is_guided(flux):
+    from vsf_cli.guidance.install import HOOK_NAME
+
+    def hooked():
+        blocks = [*flux.transformer.transformer_blocks, *flux.transformer.single_transformer_blocks]
+        return [getattr(b.attn, "_diffusers_hook", None) is not None and b.attn._diffusers_hook.get_hook(HOOK_NAME)
+                is not None for b in blocks]
+
+    stock = {type(p) for p in flux.transformer.attn_processors.values()}
     with guidance.apply(flux, "vsf", negative="wheels"):
-        names = {type(p).__module__ for p in flux.transformer.attn_processors.values()}
-    assert names == {"vsf_cli.models.families.flux"} and len(flux.transformer.attn_processors) == 4
+        assert hooked() == [True] * 4
+        assert {type(p) for p in flux.transformer.attn_processors.values()} == stock  # its own processors run
+    assert not any(hooked())
 
 
 def test_pipeline_equals_dense_oracle(flux):

@@ -1,5 +1,6 @@
 """Per-step cost of each guidance method on random-weight transformers at real model shapes, measured side by side."""
 
+import dataclasses
 import json
 import platform
 import statistics
@@ -69,9 +70,7 @@ def run(model: str = "sd35-large", *, blocks: int | None = None, size: int = 102
     def family(padded):
         n = POSITIVE_TOKENS if padded else neg_tokens
         # The SD3 adapter with random negative tokens: nothing here loads text encoders.
-        return SimpleNamespace(**{k: getattr(sd3, k) for k in ("text_kwarg", "joint_attentions", "JointProcessor",
-                                                               "extend_kwargs", "check_call")},
-                               encode_negative=lambda pipe, text, padded: randn(1, n, 4096))
+        return dataclasses.replace(sd3.FAMILY, encode_negative=lambda pipe, text, padded: randn(1, n, 4096))
 
     def step(method):
         kwargs = cfg_inputs if method == "cfg" else inputs

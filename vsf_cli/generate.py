@@ -17,6 +17,7 @@ class Renderer:
 
     def __init__(self, settings: dict, *, offline: bool = False, warn: Callable[[str], None] | None = None) -> None:
         from vsf_cli.models.loading import library_warnings, load_pipeline, resolve_device, resolve_dtype, set_offline
+        from vsf_cli.models import families
         from vsf_cli.models.registry import resolve
 
         if warn is None:
@@ -28,8 +29,7 @@ class Renderer:
         with library_warnings(warn):
             self.pipe = load_pipeline(spec, dtype=settings["dtype"], device=settings["device"],
                                       offload=settings["offload"], loras=settings["lora"], offline=offline, warn=warn)
-        self.video = spec.frames is not None
-        self.family = spec.family
+        self.family = families.get(spec.family)
         device = resolve_device(settings["device"])
         self.resolved = {"device": device, "dtype": resolve_dtype(settings["dtype"], device)}
         self.siblings: dict = {}
@@ -40,20 +40,16 @@ class Renderer:
         from vsf_cli.render.images import fitted
 
         size = settings["width"], settings["height"]
-        if self.video:  # image-to-video models are loaded as such; the image is their first frame
+        if self.family.video:  # image-to-video models are loaded as such; the image is their first frame
             inputs = {"num_frames": settings["frames"], "output_type": "np"}
             return self.pipe, inputs | ({"image": fitted(settings["image"], *size, "RGB")} if settings["image"] else {})
         if not settings["image"]:
             return self.pipe, {"output_type": "np"}
         kind = "inpaint" if settings["mask"] else "img2img"
         if kind not in self.siblings:
-            import diffusers
-
-            from vsf_cli.models.families import family_of
             from vsf_cli.models.loading import quiet_libraries
-            from vsf_cli.models.registry import PIPELINES
 
-            sibling = getattr(diffusers, PIPELINES[family_of(self.pipe)][kind])
+            sibling = self.family.pipeline_class(kind)
             with quiet_libraries():
                 self.siblings[kind] = sibling.from_pipe(self.pipe)
             self.siblings[kind].set_progress_bar_config(disable=True)
@@ -80,12 +76,13 @@ class Renderer:
 
         params = {k: settings[k] for k in guidance.parameters(settings["method"])}
         pipe, inputs = self._pipeline_for(settings)
-        if self.video:
+        if self.family.video:
             if settings["vae_tiling"]:
                 pipe.vae.enable_tiling()
             else:
                 pipe.vae.disable_tiling()
-        limits.check(settings, self.family, self.pipe.transformer.config, self.pipe.vae.config)  # a first download
+        denoiser = getattr(self.pipe, self.family.denoisers[0])
+        limits.check(settings, self.family, denoiser.config, self.pipe.vae.config)  # configs a first download brought
         started = time.perf_counter()
         if settings["image"] and settings["strength"] == 0:
             output = np.asarray(inputs["image"], dtype=np.float32) / 255  # nothing is repainted: the input, resized
@@ -98,14 +95,14 @@ class Renderer:
                     generator=torch.Generator("cpu").manual_seed(settings["seed"]), callback_on_step_end=step_done,
                     **inputs, **{"guidance_scale": settings["guidance_scale"], **extra},
                 )
-            output = result.frames[0] if self.video else result.images[0]
+            output = result.frames[0] if self.family.video else result.images[0]
         if not np.isfinite(output).all():
             raise VsfError(
                 "the output holds NaN or inf values, so nothing was written; likely float16 overflow (try --dtype "
                 "bfloat16 or float32), or a --scale / --guidance-scale far outside its useful range")
         record = {**settings, "version": __version__, "seconds": round(time.perf_counter() - started, 3),
                   "resolved": self.resolved}
-        if self.video:
+        if self.family.video:
             from vsf_cli.render.video import save_video
 
             save_video(to_uint8(output[settings["trim_start"]:]), path, settings["fps"], record)

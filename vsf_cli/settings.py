@@ -7,12 +7,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vsf_cli.errors import UsageError
+from vsf_cli.models import families
 
 Method = Literal["vsf", "none", "nag", "nasa", "cfg"]
 Offload = Literal["none", "model", "sequential"]
 Compat = Literal["paper", "reference"]
 
-SIZE_MULTIPLE = 16  # VAE factor 8 x patch 2 for SD3; also what Flux and Wan need
 SEED_MAX = 2**63 - 1  # what torch.Generator.manual_seed takes and `--from` replays; every seed source is checked
 GUIDANCE_MAX = 30.0  # the pipeline's guidance_scale; far beyond any model's useful range, and finite
 # Method parameters that GenSettings carries; each method takes some of them (see vsf_cli.guidance).
@@ -22,7 +22,6 @@ ENV_SETTINGS = ("model", "method", "scale", "offset", "compat", "steps", "guidan
 MODEL_DEFAULTS = ("steps", "width", "height", "scale", "offset", "guidance_scale", "max_sequence_length",
                   "frames", "fps", "trim_start")
 VIDEO_SETTINGS = ("frames", "fps", "trim_start", "vae_tiling")
-FRAMES_TRAINED = 81  # Wan 2.1 was trained on 81-frame clips; longer ones lose coherence
 
 
 class GenSettings(BaseModel):
@@ -85,22 +84,23 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None, v
     from vsf_cli import guidance
     from vsf_cli.models import limits
     from vsf_cli.models.loading import check_lora
-    from vsf_cli.models.registry import CFG_ARGUMENT, CFG_SEPARATE_PASSES, DEFAULT_MODEL, VIDEO_FAMILIES
+    from vsf_cli.models.registry import DEFAULT_MODEL
     from vsf_cli.models.registry import resolve as resolve_model
 
     merged: dict = {}
     for layer in layers:
         merged.update({k: v for k, v in layer.items() if v is not None})
     spec = resolve_model(str(merged.get("model") or DEFAULT_MODEL))
-    if video is not None and video != (spec.frames is not None):
+    family = families.get(spec.family)
+    if video is not None and video != family.video:
         from vsf_cli.models.registry import MODELS
 
         if not video:
             raise UsageError(f"{merged.get('model') or spec.alias} makes videos; use `vsf video`")
-        known = ", ".join(alias for alias, m in MODELS.items() if m.frames is not None)
+        known = ", ".join(alias for alias, m in MODELS.items() if families.get(m.family).video)
         raise UsageError(f"{merged.get('model') or spec.alias} makes images; use `vsf gen` (video models: {known})")
     if merged.get("image") or merged.get("mask"):
-        merged.update(_image_inputs(merged, warn, spec))
+        merged.update(_image_inputs(merged, warn, spec, family))
     elif merged.get("strength") is not None:
         raise UsageError("--strength needs --image")
     elif spec.task == "img2video":
@@ -124,15 +124,15 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None, v
     except ValidationError as e:
         raise UsageError("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
     for side in ("width", "height"):
-        if settings[side] % SIZE_MULTIPLE:
-            raise UsageError(f"size: {side} {settings[side]} is not a multiple of {SIZE_MULTIPLE}")
-    _check_video(settings, spec.family in VIDEO_FAMILIES, warn)
-    limits.check_before_load(settings, spec.family, spec.source)
+        if settings[side] % family.size_multiple:
+            raise UsageError(f"size: {side} {settings[side]} is not a multiple of {family.size_multiple}")
+    _check_video(settings, family, warn)
+    limits.check_before_load(settings, family, spec.source)
     for source in settings["lora"]:
         check_lora(source)
     method = settings["method"]
-    guidance_is_cfg = CFG_ARGUMENT[spec.family] == "guidance_scale"
-    batched_cfg = guidance_is_cfg and spec.family not in CFG_SEPARATE_PASSES
+    guidance_is_cfg = family.cfg_argument == "guidance_scale"
+    batched_cfg = guidance_is_cfg and not family.cfg_separate_pass
     if batched_cfg and method not in ("none", "cfg") and settings["guidance_scale"] > 1:
         raise UsageError(f"{method} replaces CFG and needs --guidance-scale <= 1 (got {settings['guidance_scale']})")
     taken = guidance.parameters(method)
@@ -149,25 +149,26 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None, v
     return settings
 
 
-def nearest_frame_counts(frames: int) -> list[int]:
-    """The valid (4k+1) frame counts next to `frames`: Wan's VAE packs 4 frames per latent after the first."""
-    below = (frames - 1) // 4 * 4 + 1
-    return [n for n in (below, below + 4) if n >= 1]
+def nearest_frame_counts(frames: int, step: int) -> list[int]:
+    """The valid frame counts (1 + k * step) next to `frames`."""
+    below = (frames - 1) // step * step + 1
+    return [n for n in (below, below + step) if n >= 1]
 
 
-def _check_video(settings: dict, video: bool, warn: Callable[[str], None]) -> None:
-    """Video settings only for video models; frame counts of the form 4k+1; the trim leaves frames."""
-    if not video:
+def _check_video(settings: dict, family, warn: Callable[[str], None]) -> None:
+    """Video settings only for video models; frame counts the VAE can pack; the trim leaves frames."""
+    if not family.video:
         given = [k for k in VIDEO_SETTINGS if settings[k] is not None]
         if given:
             raise UsageError(f"{', '.join(given)}: only for video models (vsf video --model wan)")
         return
-    frames = settings["frames"]
-    if frames % 4 != 1:
-        raise UsageError(f"frames: {frames} is not 4k+1 (Wan makes 1 + 4k frames); "
-                         f"use {' or '.join(map(str, nearest_frame_counts(frames)))}")
-    if frames > FRAMES_TRAINED:
-        warn(f"{frames} frames is more than the {FRAMES_TRAINED} Wan 2.1 was trained on; expect repetition or drift")
+    frames, step = settings["frames"], family.frame_step
+    if (frames - 1) % step:
+        raise UsageError(f"frames: {frames} is not {step}k+1 ({family.name} makes 1 + {step}k frames); "
+                         f"use {' or '.join(map(str, nearest_frame_counts(frames, step)))}")
+    if family.frames_trained and frames > family.frames_trained:
+        warn(f"{frames} frames is more than the {family.frames_trained} {family.name} was trained on; "
+             "expect repetition or drift")
     if settings["trim_start"] >= frames:
         raise UsageError(f"trim_start: dropping {settings['trim_start']} of {frames} frames leaves none")
     if settings["vae_tiling"] is None:
@@ -182,7 +183,7 @@ def stored(settings: dict) -> dict:
 DEFAULT_STRENGTH = 0.6  # diffusers' default for SD3 image-to-image and inpainting
 
 
-def _image_inputs(merged: dict, warn: Callable[[str], None], spec) -> dict:
+def _image_inputs(merged: dict, warn: Callable[[str], None], spec, family) -> dict:
     """Check the input image and mask, record their sha256, and size the output from the image."""
     from vsf_cli.render.images import open_image, sha256
 
@@ -192,14 +193,15 @@ def _image_inputs(merged: dict, warn: Callable[[str], None], spec) -> dict:
     for key in ("image", "mask"):
         if merged.get(f"{key}_sha256") and merged.get(key) and merged[f"{key}_sha256"] != sha256(merged[key]):
             warn(f"{merged[key]} changed since the replayed image was made (its sha256 differs)")
-    if spec.frames is not None:
+    if family.video:
         return _first_frame(merged, image, spec) | {"image_sha256": sha256(merged["image"])}
     values = {"image_sha256": sha256(merged["image"]), "strength": merged.get("strength", DEFAULT_STRENGTH)}
     if "width" not in merged and "height" not in merged:
-        width, height = (side // SIZE_MULTIPLE * SIZE_MULTIPLE for side in image.size)
+        multiple = family.size_multiple
+        width, height = (side // multiple * multiple for side in image.size)
         if (width, height) != image.size:
             warn(f"{merged['image']} is {image.size[0]}x{image.size[1]}; using {width}x{height}, "
-                 f"the nearest multiples of {SIZE_MULTIPLE} below")
+                 f"the nearest multiples of {multiple} below")
         values.update(width=width, height=height)
     if merged.get("mask"):
         mask = open_image(merged["mask"])
@@ -221,6 +223,7 @@ def _first_frame(merged: dict, image, spec) -> dict:
         return {}
     aspect = image.size[1] / image.size[0]
     area = spec.width * spec.height
-    height = max(SIZE_MULTIPLE, round((area * aspect) ** 0.5) // SIZE_MULTIPLE * SIZE_MULTIPLE)
-    width = max(SIZE_MULTIPLE, round((area / aspect) ** 0.5) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    multiple = families.get(spec.family).size_multiple
+    height = max(multiple, round((area * aspect) ** 0.5) // multiple * multiple)
+    width = max(multiple, round((area / aspect) ** 0.5) // multiple * multiple)
     return {"width": width, "height": height}

@@ -102,7 +102,7 @@ def expand(spec: BatchFile, *, preset: dict, env: dict, flags: dict, out_dir: Pa
     A file that would make more than `max_jobs` jobs is refused before any is made.
     """
     from vsf_cli.batch.spec import Overrides
-    from vsf_cli.models.registry import VIDEO_FAMILIES
+    from vsf_cli.models import families
     from vsf_cli.render.naming import expand as expand_template
     from vsf_cli.render.naming import slugify
     from vsf_cli.settings import resolve
@@ -141,7 +141,7 @@ def expand(spec: BatchFile, *, preset: dict, env: dict, flags: dict, out_dir: Pa
                     fields = {"index": len(planned), "seed": seed, "slug": slugify(settings["prompt"]),
                               "model": Path(settings["model"]).name, "method": settings["method"], "id": identity}
                     path = out_dir / expand_template(spec.output, fields)
-                    if settings["family"] in VIDEO_FAMILIES and path.suffix.lower() == ".png":
+                    if families.get(settings["family"]).video and path.suffix.lower() == ".png":
                         path = path.with_suffix(".mp4")  # a video job under an image template: same name, mp4
                     key = os.path.normcase(os.path.abspath(path))
                     if key in paths:

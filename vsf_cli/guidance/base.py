@@ -23,7 +23,7 @@ class Method(BaseModel):
 class AttentionMethod(Method):
     """A method that runs inside attention: a kernel per attention kind plus layout options.
 
-    Joint attention (SD3, Flux) and cross-attention (Wan) get different kernels; the family adapter says which.
+    Joint attention (SD3, Flux) and cross-attention (Wan) get different kernels; the family says which.
     """
 
     def kernel(self):
@@ -39,9 +39,9 @@ class AttentionMethod(Method):
         return {}
 
     def install(self, pipe, negatives: list[str]):
-        from vsf_cli.models.families import adapter_for
+        from vsf_cli.models import families
 
-        family = adapter_for(pipe)
+        family = families.of(pipe)
         if family.attention == "cross":
             from vsf_cli.guidance.cross import install_cross
 

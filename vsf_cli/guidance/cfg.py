@@ -16,8 +16,7 @@ class CFG(Method):
         return Installation()  # nothing to patch: the pipeline does CFG itself
 
     def call_kwargs(self, pipe, negatives: list[str]) -> dict:
-        from vsf_cli.models.families import family_of
-        from vsf_cli.models.registry import CFG_ARGUMENT
+        from vsf_cli.models import families
 
         negative = negatives[0] if len(negatives) == 1 else negatives
-        return {"negative_prompt": negative, CFG_ARGUMENT[family_of(pipe)]: self.cfg_scale}
+        return {"negative_prompt": negative, families.of(pipe).cfg_argument: self.cfg_scale}

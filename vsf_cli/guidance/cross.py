@@ -11,17 +11,20 @@ CrossKernel = Callable[..., torch.Tensor]
 
 
 class CrossState:
-    """Per-call layout of the text context [positive, negative], written by the call hook and read by processors."""
+    """Per-call layout of the text context [positive, negative], written by the call hook and read by the catcher."""
 
     def __init__(self, kernel: CrossKernel) -> None:
         self.kernel = kernel
-        self.active = True  # False: this call runs the stock processors (the CFG unconditional pass)
+        self.active = True  # False: this call runs the stock attention (the CFG unconditional pass)
         self.n_positive = 0  # context tokens before the negative (the positive and its padding)
-        self.n_text = 0  # all text tokens; image-to-video models put image-context tokens in front of them
+        self.n_text = 0  # all text tokens
         self.negative_mask: torch.Tensor | None = None
 
-    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """Split the text keys and values at the positive length and run the method's kernel."""
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor | None:
+        """The text attention call: split keys and values at the positive length and run the kernel. Any other
+        call (image-to-video's attention to the image tokens, whose keys are not the text) is left to run stock."""
+        if key.shape[2] != self.n_text:
+            return None
         n = self.n_positive
         positive = key[:, :, :n], value[:, :, :n]
         negative = key[:, :, n:], value[:, :, n:]
@@ -63,17 +66,22 @@ def install_cross(
 
     `reference_layout` changes nothing here: the seed code's Wan pipeline has the paper's layout (no duplicate).
     """
-    stack = NegativeTokens([family.encode_negative(pipe, text) for text in negatives])
+    stack = NegativeTokens([family.encode_negative(pipe, text, padded=padded) for text in negatives])
     state = CrossState(kernel)
 
     def add_negative(kwargs: dict) -> dict:
         name = family.text_kwarg
+        if padded and kwargs.get(family.image_context_kwarg) is not None:
+            raise UsageError("NAG and NASA add a second text context, which image-to-video attention cannot split "
+                             "from its image tokens (diffusers assumes exactly 512 text tokens); use vsf")
         tokens, mask = stack.like(kwargs[name])
         context, state.n_positive = negative_context(kwargs[name], tokens, padded)
         state.n_text = context.shape[1]
+        images = kwargs.get(family.image_context_kwarg) if family.image_context_kwarg else None
+        if images is not None and images.shape[1] == state.n_text:  # the catcher tells the two calls apart by length
+            raise UsageError(f"{images.shape[1]} image-context tokens and as many text tokens cannot be told apart")
         # A padded negative is read as the pipeline reads a positive, padding included, so it needs no key mask.
         state.negative_mask = None if padded else mask
         return {**kwargs, name: context}
 
-    return install(pipe, family, state, active, add_negative, family.cross_attentions(pipe.transformer),
-                   family.CrossProcessor)
+    return install(pipe, family, state, active, add_negative, state.attend)

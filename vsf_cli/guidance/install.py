@@ -1,48 +1,53 @@
-"""Removable pipeline changes shared by every method: processor swaps, a per-call transformer hook, stacked negatives."""
+"""Removable pipeline changes shared by every method: a call hook per denoiser, an attention-call catcher per
+attention module, and the stacked negatives.
+
+No processor is replaced or copied. Each guided attention module runs its own processor (projections, norms, RoPE
+and all) inside a `TorchFunctionMode` that catches its `F.scaled_dot_product_attention` call and hands (q, k, v) to
+the method's kernel, as diffusers' own `hooks/layer_skip.py` does for skipped attention scores.
+"""
 
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 
-from vsf_cli.errors import UsageError
+from vsf_cli import private
+from vsf_cli.errors import UsageError, VsfError
 
 HOOK_NAME = "vsf_cli.guidance"
 
 
 class Installation:
-    """Removable changes to a pipeline: transformer hooks and attention-processor swaps, undone in reverse order."""
+    """Removable changes to a pipeline, undone in reverse order."""
 
     def __init__(self) -> None:
         self._undo: list[Callable[[], None]] = []
 
-    def before_call(self, transformer: torch.nn.Module, before: Callable[[dict, bool], dict]) -> None:
-        """Run `before(kwargs, guided)` ahead of every transformer forward; it returns the kwargs to use.
-
-        `guided` is False on a classifier-free-guidance unconditional pass. Wan and Flux (true CFG) run that pass
-        as its own forward inside `transformer.cache_context("uncond")`, which only diffusers' *stateful* hooks
-        see; guidance applies to the conditional pass only, as in the VSF authors' Wan pipeline (docs/method.md §5).
-        """
-        registry = HookRegistry.check_if_exists_or_initialize(transformer)
-        registry.register_hook(_CallHook(before), HOOK_NAME)
+    def hook(self, module: torch.nn.Module, hook: ModelHook) -> None:
+        registry = HookRegistry.check_if_exists_or_initialize(module)
+        registry.register_hook(hook, HOOK_NAME)
         self._undo.append(lambda: registry.remove_hook(HOOK_NAME, recurse=False))
-
-    def swap_processor(self, attn: torch.nn.Module, processor) -> None:
-        original = attn.processor
-        attn.set_processor(processor)
-        self._undo.append(lambda: attn.set_processor(original))
 
     def remove(self) -> None:
         while self._undo:
             self._undo.pop()()
 
 
+def denoisers(pipe, family) -> list[torch.nn.Module]:
+    """The pipeline's denoising models that the family names and the pipeline has (Wan 2.2 has two)."""
+    found = [getattr(pipe, name, None) for name in family.denoisers]
+    return [model for model in found if model is not None]
+
+
 def install(pipe, family, state, active: Callable[[object, dict], bool] | None, add_negative: Callable[[dict], dict],
-            attentions: list[torch.nn.Module], processor: Callable) -> Installation:
-    """Hook every transformer call and give each of `attentions` the processor `processor(state, original)`.
+            attend: Callable) -> Installation:
+    """Hook every denoiser call, and catch the attention call of every attention module the family guides.
 
     Per call: the family checks the pipeline, `state.active` is set (conditional pass, and `active(pipe, kwargs)` if
-    given), and an active call's kwargs become `add_negative(kwargs)`; inactive calls run the stock processors.
+    given), and an active call's kwargs become `add_negative(kwargs)`. In an active call each guided module's
+    attention call goes to `attend(query, key, value)`, all (batch, heads, tokens, head_dim); it returns the output,
+    or None for an attention call that is not the text one (the stock call then runs). Inactive calls run stock.
     All or nothing: a failure part-way undoes what was done.
     """
 
@@ -53,9 +58,10 @@ def install(pipe, family, state, active: Callable[[object, dict], bool] | None, 
 
     installed = Installation()
     try:
-        installed.before_call(pipe.transformer, before)
-        for attn in attentions:
-            installed.swap_processor(attn, processor(state, attn.processor))
+        for denoiser in denoisers(pipe, family):
+            installed.hook(denoiser, _CallHook(before))
+            for attn in family.attentions(denoiser):
+                installed.hook(attn, _AttentionHook(state, attend))
     except BaseException:
         installed.remove()
         raise
@@ -63,7 +69,13 @@ def install(pipe, family, state, active: Callable[[object, dict], bool] | None, 
 
 
 class _CallHook(ModelHook):
-    """A stateful diffusers hook: its StateManager receives the pipeline's cache context ("cond"/"uncond")."""
+    """Runs `before(kwargs, guided)` ahead of every denoiser forward; it returns the kwargs to use.
+
+    `guided` is False on a classifier-free-guidance unconditional pass. Wan and Flux (true CFG) run that pass as
+    its own forward inside `transformer.cache_context("uncond")`, which only diffusers' *stateful* hooks see, through
+    their StateManager; guidance applies to the conditional pass only, as in the VSF authors' Wan pipeline
+    (docs/method.md §5).
+    """
 
     _is_stateful = True
 
@@ -73,11 +85,64 @@ class _CallHook(ModelHook):
         self.branch = StateManager(BaseState)
 
     def pre_forward(self, module, *args, **kwargs):
-        context = self.branch._context  # None when the pipeline sets no cache context (SD3)
+        context = private.cache_context(self.branch)  # None when the pipeline sets no cache context (SD3)
         return args, self.before(kwargs, context is None or context.name != "uncond")
 
     def reset_state(self, module):
         return module
+
+
+class _AttentionHook(ModelHook):
+    """Runs an attention module's own forward with its attention call handed to the guidance kernel."""
+
+    def __init__(self, state, attend: Callable) -> None:
+        super().__init__()
+        self.state = state
+        self.attend = attend
+
+    def new_forward(self, module, *args, **kwargs):
+        if not self.state.active:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        catcher = _AttentionCall(self.attend)
+        with catcher:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+        if not catcher.guided:
+            raise VsfError(
+                f"{type(module).__name__} computed its attention without F.scaled_dot_product_attention, so guidance "
+                "cannot reach it; if an attention backend was set (set_attention_backend), reset it to 'native'"
+            )
+        return out
+
+
+class _AttentionCall(torch.overrides.TorchFunctionMode):
+    """Catches F.scaled_dot_product_attention; every other torch call passes through untouched."""
+
+    def __init__(self, attend: Callable) -> None:
+        super().__init__()
+        self.attend = attend
+        self.guided = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        query, key, value = (kwargs.pop(name) if name in kwargs else args[i]
+                             for i, name in enumerate(("query", "key", "value")))
+        options = dict(zip(("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"), args[3:])) | kwargs
+        _check_plain(options, query.shape[-1])
+        out = self.attend(query, key, value)
+        if out is None:
+            return func(query, key, value, **options)
+        self.guided = True
+        return out
+
+
+def _check_plain(options: dict, head_dim: int) -> None:
+    """The kernels compute plain softmax attention; refuse a call that asks for anything else."""
+    unusual = [name for name, value in options.items()
+               if not (value is None or value is False or value == 0.0 or (name == "scale" and value == head_dim**-0.5))]
+    if unusual:
+        raise UsageError(f"guidance cannot take over an attention call that sets {', '.join(unusual)}")
 
 
 class NegativeTokens:

@@ -11,22 +11,28 @@ JointKernel = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 class JointState:
-    """Per-call layout of the text stream [positive, negative], written by the call hook and read by processors."""
+    """Per-call layout of the text stream [positive, negative], written by the call hook and read by the catcher."""
 
-    def __init__(self, kernel: JointKernel) -> None:
+    def __init__(self, kernel: JointKernel, text_first: bool) -> None:
         self.kernel = kernel
-        self.active = True  # False: this call runs the stock processors (e.g. NAG past `nag_end`)
+        self.text_first = text_first  # Flux: [text, image]; SD3: [image, text]
+        self.active = True  # False: this call runs the stock attention (e.g. NAG past `nag_end`)
         self.n_positive = 0
-        self.n_text = 0  # positive + negative tokens; single-stream processors see text and image as one sequence
+        self.n_text = 0  # positive + negative tokens in the joint sequence
         self.negative_mask: torch.Tensor | None = None
 
-    def attend(self, image, text_q, text_k, text_v):
-        """Split the text groups at the positive length and run the method's kernel."""
-        n = self.n_positive
-        positive = text_q[:, :, :n], text_k[:, :, :n], text_v[:, :, :n]
-        negative = text_q[:, :, n:], text_k[:, :, n:], text_v[:, :, n:]
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """One joint attention call: split image, positive and negative tokens, run the kernel, put them back."""
+        n_image = query.shape[2] - self.n_text
+        text = 0 if self.text_first else n_image  # where the text tokens start
+        split = text + self.n_positive  # where the negative starts
+        image_at = slice(self.n_text, None) if self.text_first else slice(0, n_image)
+        image = tuple(x[:, :, image_at] for x in (query, key, value))
+        positive = tuple(x[:, :, text:split] for x in (query, key, value))
+        negative = tuple(x[:, :, split:text + self.n_text] for x in (query, key, value))
         image_out, positive_out, negative_out = self.kernel(image, positive, negative, negative_mask=self.negative_mask)
-        return image_out, torch.cat([positive_out, negative_out], dim=2)
+        parts = [positive_out, negative_out, image_out] if self.text_first else [image_out, positive_out, negative_out]
+        return torch.cat(parts, dim=2)
 
 
 def install_joint(
@@ -44,11 +50,11 @@ def install_joint(
     `padded` encodes the negative like a positive (NAG and NASA do; VSF must not, or padding gets flipped too).
     `reference_layout` reproduces the seed code's stream [P, Na, Nb] (docs/method.md §2.3): Na then acts as part of
     the positive, and Nb is the collector whose flipped copy the image reads.
-    `active(pipe, transformer_kwargs)` may switch guidance off for a call; the stock processors then run, as they do
+    `active(pipe, transformer_kwargs)` may switch guidance off for a call; the stock attention then runs, as it does
     on a classifier-free-guidance unconditional pass.
     """
     stack = NegativeTokens([family.encode_negative(pipe, text, padded=padded) for text in negatives])
-    state = JointState(kernel)
+    state = JointState(kernel, family.text_first)
 
     def append_negative(kwargs: dict) -> dict:
         name = family.text_kwarg
@@ -63,5 +69,4 @@ def install_joint(
         added = state.n_text - positive.shape[1]
         return family.extend_kwargs({**kwargs, name: torch.cat(stream, dim=1)}, added)
 
-    return install(pipe, family, state, active, append_negative, family.joint_attentions(pipe.transformer),
-                   family.JointProcessor)
+    return install(pipe, family, state, active, append_negative, state.attend)

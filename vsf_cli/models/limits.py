@@ -8,9 +8,6 @@ from pathlib import Path
 
 from vsf_cli.errors import UsageError
 
-# Transformer input channels that SD3's inpainting pipeline accepts (latents only, or latents + mask + masked image).
-_SD3_INPAINT_CHANNELS = (16, 33)
-
 
 @functools.lru_cache(maxsize=64)
 def component_config(source: str, component: str) -> dict | None:
@@ -43,19 +40,20 @@ def max_side(transformer: dict | None, vae: dict | None) -> int | None:
     return int(transformer["pos_embed_max_size"]) * int(transformer.get("patch_size", 1)) * vae_factor
 
 
-def check(settings: dict, family: str, transformer: dict | None, vae: dict | None) -> None:
+def check(settings: dict, family, transformer: dict | None, vae: dict | None) -> None:
     """Refuse a size the model cannot make, or inpainting it cannot do, in one line."""
     largest = max_side(transformer, vae)
     if largest is not None and max(settings["width"], settings["height"]) > largest:
         raise UsageError(f"size: {settings['width']}x{settings['height']} is larger than {settings['model']} can make "
                          f"(at most {largest} a side: its position table has {transformer['pos_embed_max_size']} patches)")
-    if settings.get("mask") and family == "sd3" and transformer:
+    if settings.get("mask") and family.inpaint_channels and transformer:
         channels = transformer.get("in_channels")
-        if channels not in _SD3_INPAINT_CHANNELS:
-            raise UsageError(f"{settings['model']} cannot inpaint: SD3 inpainting needs a transformer with 16 or 33 "
-                             f"input channels, and it has {channels}; drop --mask for image-to-image")
+        if channels not in family.inpaint_channels:
+            wanted = " or ".join(map(str, family.inpaint_channels))
+            raise UsageError(f"{settings['model']} cannot inpaint: its inpainting pipeline needs a transformer with "
+                             f"{wanted} input channels, and it has {channels}; drop --mask for image-to-image")
 
 
-def check_before_load(settings: dict, family: str, source: str) -> None:
+def check_before_load(settings: dict, family, source: str) -> None:
     """`check` against the configs on disk, when they are there."""
-    check(settings, family, component_config(source, "transformer"), component_config(source, "vae"))
+    check(settings, family, component_config(source, family.denoisers[0]), component_config(source, "vae"))

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from vsf_cli.errors import GatedModelError, OfflineError, UsageError, VsfError
-from vsf_cli.models.registry import PIPELINES, VIDEO_FAMILIES, ModelSpec, looks_like_hub_id
+from vsf_cli.models import families
+from vsf_cli.models.registry import ModelSpec, looks_like_hub_id
 
 DTYPES = ("float16", "bfloat16", "float32")
 OFFLOADS = ("none", "model", "sequential")
@@ -121,9 +122,7 @@ def load_pipeline(
     if dtype != "auto" and dtype not in DTYPES:
         raise UsageError(f"bad --dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
     parsed = [parse_lora(s) for s in loras]
-    if spec.family not in PIPELINES:
-        raise UsageError(f"model family {spec.family} is not supported yet; supported: {', '.join(PIPELINES)}")
-    class_name = PIPELINES[spec.family][spec.task]
+    family = families.get(spec.family)
     if offline:
         set_offline(True)
 
@@ -138,9 +137,7 @@ def load_pipeline(
              "or bfloat16 is safer")
 
     with quiet_libraries():
-        import diffusers
-
-        pipeline_class = getattr(diffusers, class_name)
+        pipeline_class = family.pipeline_class(spec.task)
         try:
             pipe = pipeline_class.from_pretrained(
                 spec.source, dtype=torch_dtype, use_safetensors=True, local_files_only=offline,
@@ -153,8 +150,8 @@ def load_pipeline(
         pipe.set_progress_bar_config(disable=True)
         if spec.flow_shift is not None:  # the scheduler shift the video model's distill LoRA was made for
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, flow_shift=spec.flow_shift)
-        if spec.family in VIDEO_FAMILIES:
-            pipe.vae.to(dtype=torch.float32)  # Wan's VAE is meant to decode in float32 (diffusers' Wan docs)
+        if family.vae_dtype is not None:
+            pipe.vae.to(dtype=getattr(torch, family.vae_dtype))
         if parsed:
             add_loras(pipe, parsed, offline=offline)
     place(pipe, device, offload)

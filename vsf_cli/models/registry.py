@@ -7,19 +7,16 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from vsf_cli.errors import UsageError
-
-Family = Literal["sd3", "flux", "wan"]
-
+from vsf_cli.models import families
 
 @dataclass(frozen=True)
 class ModelSpec:
     """One model and the settings it works well with; flags and presets override any of them."""
 
     alias: str
-    family: Family
+    family: str  # a name in vsf_cli.models.families
     hub_id: str | None
     gated: bool
     steps: int
@@ -38,7 +35,7 @@ class ModelSpec:
     fps: int | None = None
     trim_start: int | None = None
     flow_shift: float | None = None
-    task: str = "text"  # which of the family's PIPELINES loads it: "text", or "img2video" (the input image is required)
+    task: str = "text"  # which of the family's pipelines loads it: "text", or "img2video" (the input image is required)
 
     folder: str | None = None  # a model shipped inside the package (the toy)
 
@@ -127,31 +124,7 @@ _SPECS: tuple[ModelSpec, ...] = (
 MODELS: dict[str, ModelSpec] = {s.alias: s for s in _SPECS}
 DEFAULT_MODEL = "sd35-large-turbo"
 
-# A folder or hub id outside the table takes the numbers of its family's default entry.
-FAMILY_DEFAULT: dict[str, str] = {"sd3": "sd35-large-turbo", "flux": "flux-schnell", "wan": "wan-1.3b"}
 ALIASES: dict[str, str] = {"wan": "wan-1.3b"}  # short names that `--model` also takes
-# Which pipeline argument is classifier-free guidance (Flux's `guidance_scale` is dev's distilled embedding).
-CFG_ARGUMENT: dict[str, str] = {"sd3": "guidance_scale", "flux": "true_cfg_scale", "wan": "guidance_scale"}
-# Families whose pipeline runs the CFG passes as separate forwards; guidance then applies to the conditional one only
-# (SD3 batches both passes into one forward, so there VSF and CFG exclude each other).
-CFG_SEPARATE_PASSES: frozenset[str] = frozenset({"flux", "wan"})
-VIDEO_FAMILIES: frozenset[str] = frozenset({"wan"})
-
-# Each family's stock diffusers pipelines by task; image-to-image and inpainting share the text pipeline's components.
-PIPELINES: dict[Family, dict[str, str]] = {
-    "sd3": {"text": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
-            "inpaint": "StableDiffusion3InpaintPipeline"},
-    "flux": {"text": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"},
-    # Image-to-video is guided through the Python API only; `vsf video` does not load it yet.
-    "wan": {"text": "WanPipeline", "img2video": "WanImageToVideoPipeline"},
-}
-LOADABLE_TASKS = ("text", "img2video")  # tasks a model is loaded for; the others are built from a loaded text pipeline
-# model_index.json `_class_name` (or a loaded pipeline's class) -> family.
-PIPELINE_CLASS_FAMILY: dict[str, Family] = {cls: fam for fam, tasks in PIPELINES.items() for cls in tasks.values()}
-
-# Hub repo names -> family, checked as substrings of the lower-cased id.
-_HUB_NAME_FAMILY: tuple[tuple[str, Family], ...] = (("stable-diffusion-3", "sd3"), ("flux", "flux"), ("wan2.1-t2v", "wan"),
-                                                    ("wan2.1-i2v", "wan"))
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -182,8 +155,8 @@ def resolve(name: str) -> ModelSpec:
     raise UsageError(f"unknown model {name}; known: {', '.join(MODELS)} (or a local diffusers folder, or a hub id)")
 
 
-def _family_defaults(family: Family, **fields) -> ModelSpec:
-    base = MODELS[FAMILY_DEFAULT[family]]
+def _family_defaults(family: str, **fields) -> ModelSpec:
+    base = MODELS[families.get(family).default_model]
     # Without the table's distill LoRA there is no high-contrast start to trim.
     trim = {"trim_start": 0} if base.trim_start else {}
     return dataclasses.replace(base, family=family, gated=False, loras=(), distilled=False, **trim, **fields)
@@ -197,18 +170,19 @@ def _from_folder(path: Path) -> ModelSpec:
         class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
     except (OSError, ValueError, AttributeError) as e:
         raise UsageError(f"cannot read {index}: {e}") from None
-    family = PIPELINE_CLASS_FAMILY.get(class_name) if isinstance(class_name, str) else None
-    if family is None:
+    found = families.by_pipeline_class(class_name) if isinstance(class_name, str) else None
+    if found is None:
+        supported = ", ".join(name for f in families.every() for name in f.pipelines.values())
         raise UsageError(
-            f"{path} holds a {class_name} pipeline; supported families: {', '.join(FAMILY_DEFAULT)} "
-            f"(pipelines {', '.join(PIPELINE_CLASS_FAMILY)})"
+            f"{path} holds a {class_name} pipeline; supported families: {', '.join(families.NAMES)} "
+            f"(pipelines {supported})"
         )
-    task = next(task for task, name in PIPELINES[family].items() if name == class_name)
-    if task not in LOADABLE_TASKS:  # img2img / inpaint pipelines are built from the text pipeline's weights
+    family, task = found
+    if task not in family.tasks_loaded:  # img2img / inpaint pipelines are built from the text pipeline's weights
         task = "text"
     return _family_defaults(
-        family, alias=str(path), hub_id=None, task=task,
-        note=f"local folder; defaults from {FAMILY_DEFAULT[family]}, override with flags",
+        family.name, alias=str(path), hub_id=None, task=task,
+        note=f"local folder; defaults from {family.default_model}, override with flags",
     )
 
 
@@ -216,14 +190,14 @@ def _from_hub_id(hub_id: str) -> ModelSpec:
     for spec in _SPECS:
         if spec.hub_id is not None and spec.hub_id.lower() == hub_id.lower():
             return spec
-    lowered = hub_id.lower()
-    family = next((fam for key, fam in _HUB_NAME_FAMILY if key in lowered), None)
+    family = families.by_hub_id(hub_id)
     if family is None:
         raise UsageError(
             f"cannot tell which model family {hub_id} is; pass a known alias ({', '.join(MODELS)}) "
             "or a local diffusers folder"
         )
+    task = "img2video" if "img2video" in family.pipelines and "-i2v-" in hub_id.lower() else "text"
     return _family_defaults(
-        family, alias=hub_id, hub_id=hub_id, task="img2video" if "-i2v-" in lowered else "text",
-        note=f"hub id outside the table; defaults from {FAMILY_DEFAULT[family]}, override with flags",
+        family.name, alias=hub_id, hub_id=hub_id, task=task,
+        note=f"hub id outside the table; defaults from {family.default_model}, override with flags",
     )

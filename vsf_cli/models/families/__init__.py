@@ -1,20 +1,101 @@
-"""Model-family adapters: which modules to patch, how to encode a negative, how tokens are laid out."""
+"""Model families as data: the `Family` record every family file fills in, and lookups by name, pipeline or hub id.
 
+Family files hold facts about a model family and the few functions only it can supply (how a negative prompt is
+encoded, how text positions extend); they hold no attention math and no copy of a diffusers processor. Importing
+them imports neither torch nor diffusers, so settings can be checked before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import functools
 import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from vsf_cli.errors import UsageError
 
-
-def family_of(pipe) -> str:
-    """The family name of a loaded diffusers pipeline, from its class (see registry.PIPELINES)."""
-    from vsf_cli.models.registry import PIPELINE_CLASS_FAMILY
-
-    name = type(pipe).__name__
-    if name not in PIPELINE_CLASS_FAMILY:
-        raise UsageError(f"{name} is not supported yet; supported: {', '.join(PIPELINE_CLASS_FAMILY)}")
-    return PIPELINE_CLASS_FAMILY[name]
+NAMES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__)))  # one file per family in this folder
 
 
-def adapter_for(pipe):
-    """The family adapter module for a loaded diffusers pipeline."""
-    return importlib.import_module(f"vsf_cli.models.families.{family_of(pipe)}")
+def _unchanged(kwargs: dict, added: int) -> dict:
+    return kwargs
+
+
+def _no_check(pipe) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything vsf needs to know about one model family.
+
+    Token layout: `attention` is "joint" (text and image tokens in one attention sequence; `text_first` says which
+    comes first) or "cross" (image queries read a text context). `attentions(denoiser)` lists the attention modules
+    to guide; their own processors run, and guidance replaces only the attention call inside them.
+    """
+
+    name: str
+    pipelines: dict[str, str]  # task -> diffusers pipeline class: text, img2img, inpaint, img2video
+    default_model: str  # the registry entry whose numbers a folder or hub id of this family starts from
+    hub_names: tuple[str, ...]  # lower-case pieces of hub ids that belong to the family
+    attention: Literal["joint", "cross"]
+    attentions: Callable[[Any], list[Any]]
+    encode_negative: Callable[..., Any]  # (pipe, text, padded) -> (1, tokens, width) text-stream tokens
+    text_first: bool = False
+    text_kwarg: str = "encoder_hidden_states"  # the denoiser argument that carries the text tokens
+    image_context_kwarg: str | None = None  # cross: image tokens the attention splits off at a fixed text length
+    denoisers: tuple[str, ...] = ("transformer",)  # pipeline attributes that run the denoising
+    extend_kwargs: Callable[[dict, int], dict] = _unchanged  # give `added` text tokens their positions
+    check_call: Callable[[Any], None] = _no_check  # refuse a pipeline state guidance cannot handle
+    cfg_argument: str = "guidance_scale"  # the pipeline argument that is classifier-free guidance
+    cfg_separate_pass: bool = True  # CFG's unconditional pass is its own forward (False: batched with the other)
+    video: bool = False
+    frame_step: int | None = None  # video: frame counts are 1 + k * frame_step
+    frames_trained: int | None = None  # video: clip length the model was trained on; longer ones drift
+    size_multiple: int = 16  # VAE factor x patch size
+    vae_dtype: str | None = None  # the VAE runs in this dtype whatever the pipeline's
+    inpaint_channels: tuple[int, ...] = ()  # transformer input channels the inpainting pipeline accepts; () = any
+    tasks_loaded: tuple[str, ...] = ("text",)  # tasks loaded from disk; the others are built from a loaded pipeline
+
+    def pipeline_class(self, task: str):
+        """The diffusers class for a task (imports diffusers)."""
+        import diffusers
+
+        return getattr(diffusers, self.pipelines[task])
+
+
+@functools.cache
+def get(name: str) -> Family:
+    """The family called `name`."""
+    if name not in NAMES:
+        raise UsageError(f"model family {name!r} is not supported yet; supported: {', '.join(NAMES)}")
+    return importlib.import_module(f"vsf_cli.models.families.{name}").FAMILY
+
+
+def every() -> list[Family]:
+    return [get(name) for name in NAMES]
+
+
+def by_pipeline_class(class_name: str) -> tuple[Family, str] | None:
+    """(family, task) of a diffusers pipeline class name, or None."""
+    for family in every():
+        for task, name in family.pipelines.items():
+            if name == class_name:
+                return family, task
+    return None
+
+
+def by_hub_id(hub_id: str) -> Family | None:
+    lowered = hub_id.lower()
+    return next((f for f in every() for piece in f.hub_names if piece in lowered), None)
+
+
+def of(pipe) -> Family:
+    """The family of a loaded diffusers pipeline, from its class."""
+    found = by_pipeline_class(type(pipe).__name__)
+    if found is None:
+        supported = ", ".join(name for f in every() for name in f.pipelines.values())
+        raise UsageError(f"{type(pipe).__name__} is not supported yet; supported: {supported}")
+    return found[0]
