@@ -1,5 +1,6 @@
 """Method knobs are declared once, as their method's pydantic field: settings, flags and help are built from it."""
 
+import json
 import re
 from typing import Literal
 
@@ -181,3 +182,10 @@ def test_batch_knob_out_of_range_is_one_error(tmp_path):
     jobs.write_text("jobs:\n  - prompt: a car\n    neg: red\n    model: toy\n")
     result = runner.invoke(app, ["batch", str(jobs), "--dry-run", "--method", "nag", "--nag-scale", "50"])
     assert result.exit_code == 2 and "nag_scale: Input should be less than or equal to 20" in result.output
+
+
+def test_a_knobs_metadata_key_is_its_field_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    row = json.loads(runner.invoke(app, ["gen", "a car", "--neg", "red", "--model", "toy", "--method", "nag",
+                                         "--nag-tau", "3", "--dry-run", "--json"]).stdout)
+    assert set(METHOD_SETTINGS) <= set(row) and (row["nag_tau"], row["nag_scale"], row["scale"]) == (3.0, 4.0, None)

@@ -11,8 +11,8 @@ import typing
 import typer
 from pydantic.fields import FieldInfo
 
-# Hand-written flags: parameter name -> (type, help). The flag is the name with dashes; the settings key is the same
-# name, except for those in `to_settings`.
+# Flags with their help written here: parameter name -> (type, help). A flag is its name with dashes; its settings
+# key is the same name, except for those `to_settings` renames.
 _WRITTEN: dict[str, tuple[type, str]] = {
     "neg": (str, "What to keep out: the negative prompt."),
     "size": (str, "WIDTHxHEIGHT, or one number for a square; multiples of 16."),
@@ -22,14 +22,12 @@ _WRITTEN: dict[str, tuple[type, str]] = {
     "offload": (str, "none, model (whole models move to the GPU in turn) or sequential (layer by layer, least "
                 "memory). (default: none)"),
 }
-# The order in --help: the negative and method, the method knobs, then the rest.
-_ORDER = ("neg", "method", "<knobs>", "steps", "size", "guidance_scale", "lora", "device", "dtype", "offload")
 # `vsf batch --neg`: flags are the top layer, over every job's own negative (its {variables} are still filled in).
 EVERY_JOB_NEG = "Replaces every job's negative (flags override the file)."
 
 
 def flags(model: str, *, exclude: tuple[str, ...] = (), every_job: bool = False) -> dict[str, tuple[type, str]]:
-    """The shared flags as parameter name -> (type, help), in --help order.
+    """The shared flags as parameter name -> (type, help), in --help order: negative, method, its knobs, the rest.
 
     `model` is the command's default model, whose numbers the help gives for model-dependent defaults; `every_job`
     (batch) says in --neg's help that it replaces every job's negative.
@@ -37,24 +35,17 @@ def flags(model: str, *, exclude: tuple[str, ...] = (), every_job: bool = False)
     from vsf_cli.guidance import METHODS, knobs
     from vsf_cli.settings import GenSettings
 
-    out: dict[str, tuple[type, str]] = {}
-    for name in _ORDER:
-        if name == "<knobs>":
-            for knob, (field, methods) in knobs().items():
-                out[knob] = (_cli_type(field), describe(knob, field, model, "/".join(m.upper() for m in methods)))
-        elif name == "method":
-            choices = ", ".join(m for m in METHODS if m != "none")
-            out[name] = (str, f"Guidance: {choices}, or none (positive only). (default: vsf with --neg, else none)")
-        elif name in _WRITTEN:
-            out[name] = _WRITTEN[name]
-        else:
-            field = GenSettings.model_fields[name]
-            out[name] = (_cli_type(field), describe(name, field, model))
-    if "size" in out:
-        width, height = (_model_value(model, side) for side in ("width", "height"))
-        out["size"] = (str, f"{out['size'][1]} (default: the model's; {width}x{height} for {model})")
-    if every_job:
-        out["neg"] = (str, f"{out['neg'][1]} {EVERY_JOB_NEG}")
+    neg = _WRITTEN["neg"][1] + (f" {EVERY_JOB_NEG}" if every_job else "")
+    methods = ", ".join(m for m in METHODS if m != "none")
+    out = {"neg": (str, neg),
+           "method": (str, f"Guidance: {methods}, or none (positive only). (default: vsf with --neg, else none)")}
+    for name, (field, takers) in knobs().items():
+        out[name] = (_cli_type(field), describe(name, field, model, "/".join(m.upper() for m in takers)))
+    out["steps"] = (int, describe("steps", GenSettings.model_fields["steps"], model))
+    width, height = (_model_value(model, side) for side in ("width", "height"))
+    out["size"] = (str, f"{_WRITTEN['size'][1]} (default: the model's; {width}x{height} for {model})")
+    out["guidance_scale"] = (float, describe("guidance_scale", GenSettings.model_fields["guidance_scale"], model))
+    out.update({name: _WRITTEN[name] for name in ("lora", "device", "dtype", "offload")})
     return {name: value for name, value in out.items() if name not in exclude}
 
 
@@ -76,15 +67,10 @@ def _range(field: FieldInfo) -> str:
     choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else ()
     if choices:
         return f"One of {', '.join(map(str, choices))}."
-    low = high = None
-    for constraint in field.metadata:
-        for attr, sign in (("ge", ""), ("gt", ">"), ("le", ""), ("lt", "<")):
-            value = getattr(constraint, attr, None)
-            if value is not None:
-                if attr[0] == "g":
-                    low = f"{sign}{_number(value)}"
-                else:
-                    high = f"{sign}{_number(value)}"
+    bound = {attr: _number(getattr(c, attr)) for c in field.metadata for attr in ("ge", "gt", "le", "lt")
+             if getattr(c, attr, None) is not None}
+    low = bound.get("ge") or (f">{bound['gt']}" if "gt" in bound else None)
+    high = bound.get("le") or (f"<{bound['lt']}" if "lt" in bound else None)
     if low is None and high is None:
         return ""
     unbounded = field.annotation is float  # floats take inf (offset=inf turns VSF's offset off)
