@@ -2,21 +2,22 @@
 
 import os
 from collections.abc import Callable
+from copy import copy
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from vsf_cli.errors import UsageError
+from vsf_cli.guidance import METHODS, knobs
 from vsf_cli.models import families
 
-Method = Literal["vsf", "none", "nag", "nasa", "cfg"]
+Method = Literal[tuple(METHODS)]
 Offload = Literal["none", "model", "sequential"]
-Compat = Literal["paper", "reference"]
 
 SEED_MAX = 2**63 - 1  # what torch.Generator.manual_seed takes and `--from` replays; every seed source is checked
 GUIDANCE_MAX = 30.0  # the pipeline's guidance_scale; far beyond any model's useful range, and finite
-# Method parameters that GenSettings carries; each method takes some of them (see vsf_cli.guidance).
-METHOD_SETTINGS = ("scale", "offset", "compat", "nag_scale", "nag_tau", "nag_alpha", "nag_end", "nasa_scale", "cfg_scale")
+# Method parameters that GenSettings carries, declared once each by the method that takes it (vsf_cli.guidance).
+METHOD_SETTINGS = tuple(knobs())
 # Settings a `VSF_<NAME>` environment variable may set (precedence: above files and jobs, below flags).
 ENV_SETTINGS = ("model", "method", "scale", "offset", "compat", "steps", "guidance_scale", "dtype", "device", "offload")
 MODEL_DEFAULTS = ("steps", "width", "height", "scale", "offset", "guidance_scale", "max_sequence_length",
@@ -24,31 +25,31 @@ MODEL_DEFAULTS = ("steps", "width", "height", "scale", "offset", "guidance_scale
 VIDEO_SETTINGS = ("frames", "fps", "trim_start", "vae_tiling")
 
 
-class GenSettings(BaseModel):
-    """Everything needed to reproduce one image; written into the PNG and read back by `--from`."""
-
+class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str
     negative: str | None = None
     model: str = "sd35-large-turbo"
     method: Method = "vsf"
-    # Method parameters are range-checked by the method itself (vsf_cli.guidance), not here;
-    # they are None for methods that do not take them, so metadata never shows a knob that did nothing.
-    scale: float | None = 3.5
-    offset: float | None = 0.1
-    compat: Compat | None = "paper"
-    nag_scale: float | None = None
-    nag_tau: float | None = None
-    nag_alpha: float | None = None
-    nag_end: float | None = None
-    nasa_scale: float | None = None
-    cfg_scale: float | None = None
-    steps: int = Field(8, ge=1, le=200)
+
+
+# The method parameters are their methods' own fields (type, default, range, description), made optional: resolve()
+# sets those the chosen method does not take to None, so metadata never shows a knob that did nothing.
+_Guided = create_model("_Guided", __base__=_Request, **{
+    name: (knob.field.annotation | None, copy(knob.field)) for name, knob in knobs().items()})
+
+
+class GenSettings(_Guided):
+    """Everything needed to reproduce one image; written into the PNG and read back by `--from`."""
+
+    steps: int = Field(8, ge=1, le=200, description="denoising steps")
     width: int = Field(1024, ge=16, le=8192)
     height: int = Field(1024, ge=16, le=8192)
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="None until the CLI picks a random seed")
-    guidance_scale: float = Field(0.0, ge=0.0, le=GUIDANCE_MAX)
+    guidance_scale: float = Field(0.0, ge=0.0, le=GUIDANCE_MAX, description=(
+        "the pipeline's guidance_scale: CFG on SD3 and Wan (on SD3 vsf, nag and nasa need <= 1; on Wan > 1 adds an "
+        "unguided pass per step, and guidance steers the conditional one), Flux dev's distilled guidance"))
     max_sequence_length: int = Field(256, ge=1, le=512)
     image: str | None = Field(None, description="input image for image-to-image or inpainting")
     image_sha256: str | None = None

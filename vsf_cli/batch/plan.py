@@ -73,14 +73,17 @@ def _seed_list(seeds: list[int] | int | None) -> list[int]:
     return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
 
 
-def count(spec: BatchFile, preset: dict) -> int:
-    """How many jobs `expand` makes at most (jobs x variables x sweep x seeds), computed without making them."""
+def count(spec: BatchFile, preset: dict, negative: str | None = None) -> int:
+    """How many jobs `expand` makes at most (jobs x variables x sweep x seeds), computed without making them.
+
+    `negative` is one for every job (the `--neg` flag), in place of the file's.
+    """
     total = 0
     default_negative = spec.defaults.neg if spec.defaults.neg is not None else preset.get("negative")
     for job in spec.jobs:
-        negative = job.neg if job.neg is not None else default_negative
+        job_negative = next((n for n in (negative, job.neg) if n is not None), default_negative)
         available = {**(spec.vars or {}), **(job.vars or {})}
-        n = math.prod(len(available.get(name) or [None]) for name in _used_variables(job, negative))
+        n = math.prod(len(available.get(name) or [None]) for name in _used_variables(job, job_negative))
         n *= math.prod(len(values) for values in {**(spec.sweep or {}), **(job.sweep or {})}.values())
         seeds = job.seeds if job.seeds is not None else spec.seeds
         total += n * (1 if seeds is None else seeds if isinstance(seeds, int) else len(seeds))
@@ -99,6 +102,7 @@ def expand(spec: BatchFile, *, preset: dict, env: dict, flags: dict, out_dir: Pa
     """All jobs in file order: jobs x variable combinations x sweep x seeds.
 
     Precedence per job: model defaults < preset < file defaults < job (and its sweep values) < VSF_* env < flags.
+    A negative in `flags` replaces every job's before its `{variables}` and `{prompt}` are filled in, as a job's own.
     A file that would make more than `max_jobs` jobs is refused before any is made.
     """
     from vsf_cli.batch.spec import Overrides
@@ -108,7 +112,9 @@ def expand(spec: BatchFile, *, preset: dict, env: dict, flags: dict, out_dir: Pa
     from vsf_cli.settings import resolve
 
     check_output_template(spec.output, f"output template {spec.output!r} in {spec._source}")
-    total = count(spec, preset)
+    flags = dict(flags)
+    flag_negative = flags.pop("negative", None)
+    total = count(spec, preset, flag_negative)
     if total > max_jobs:
         raise UsageError(f"{spec._source} expands to {total:,} jobs (jobs x vars x sweep x seeds), more than the "
                          f"limit of {max_jobs:,}; pass --max-jobs {total} to allow it, or split the file")
@@ -122,7 +128,8 @@ def expand(spec: BatchFile, *, preset: dict, env: dict, flags: dict, out_dir: Pa
     paths: dict[str, int] = {}
     for job in spec.jobs:
         overrides = local(Overrides(**job.model_dump(include=set(Overrides.model_fields))).settings())
-        negative = job.neg if job.neg is not None else defaults.get("negative", preset.get("negative"))
+        default_negative = defaults.get("negative", preset.get("negative"))
+        negative = next((n for n in (flag_negative, job.neg) if n is not None), default_negative)
         for values in _variables(job, negative, spec.vars or {}):
             for sweep in _sweeps(job, spec.sweep or {}):
                 try:

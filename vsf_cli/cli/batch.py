@@ -7,8 +7,10 @@ import typer
 from typer.core import TyperGroup
 
 from vsf_cli.cli import app
+from vsf_cli.cli import options as o
 from vsf_cli.cli.common import console, errors_to_exit_codes, fail, warn
 from vsf_cli.errors import UsageError
+from vsf_cli.models.registry import DEFAULT_MODEL
 
 
 class _RunByDefault(TyperGroup):
@@ -25,21 +27,14 @@ app.add_typer(batch_app, name="batch")
 
 
 @batch_app.command("run")
+@o.add_flags(DEFAULT_MODEL, after="model", every_job=True)
 def run(
     file: str = typer.Argument(..., help="A YAML job file, a .txt prompt list (`prompt | negative` per line), NegGenBench .json, or a preset name."),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder for images, manifest and plan. (default: out/<file name>)"),
     output: str = typer.Option(None, "--output", help="File name template inside the output folder; fields {index} {seed} {slug} {model} {method} {id}. (default: the file's, else {index:05d}_{slug}_{id}.png)"),
     preset: str = typer.Option(None, "--preset", help="Apply a preset's defaults under the file's own (see `vsf presets`)."),
     sweep: list[str] = typer.Option(None, "--sweep", help="KEY=V1,V2,... added to the file's sweep, repeatable, e.g. method=none,vsf,nag."),
-    model: str = typer.Option(None, "--model", "-m", help="Model for every job (overrides the file)."),
-    method: str = typer.Option(None, "--method", help="Guidance method for every job: vsf, nag, nasa, cfg or none."),
-    steps: int = typer.Option(None, "--steps", help="Denoising steps for every job, 1-200."),
-    size: str = typer.Option(None, "--size", help="WIDTHxHEIGHT for every job, multiples of 16."),
-    scale: float = typer.Option(None, "--scale", help="VSF flip scale alpha for every job, 0-20."),
-    offset: float = typer.Option(None, "--offset", help="VSF logit offset beta for every job, -5 to inf."),
-    device: str = typer.Option(None, "--device", help="cuda, cuda:1, mps or cpu. (default: auto; cuda:$LOCAL_RANK under torchrun)"),
-    dtype: str = typer.Option(None, "--dtype", help="float16, bfloat16 or float32. (default: auto)"),
-    offload: str = typer.Option(None, "--offload", help="none, model or sequential. (default: none)"),
+    model: str = typer.Option(None, "--model", "-m", help=f"Model for every job (overrides the file). (default: the file's, else {DEFAULT_MODEL})"),
     shard: str = typer.Option(None, "--shard", help="i/N: take jobs with index % N == i. (default: RANK/WORLD_SIZE, SLURM, else 0/1)"),
     force: bool = typer.Option(False, "--force", help="Redo jobs that are already done."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun jobs that failed before (skipped by default)."),
@@ -51,8 +46,12 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="JSON output: the summary (or the dry-run counts) as one object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or status on stderr."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors outside jobs."),
+    **options,  # the generation flags `gen` takes too (vsf_cli.cli.options), over every job: the top layer
 ) -> None:
-    """Render every job of a file, resuming where a previous run stopped. Exit 3 if any job failed."""
+    """Render every job of a file, resuming where a previous run stopped. Exit 3 if any job failed.
+
+    Generation flags (--model, --neg, --method, the method knobs, --steps, ...) override the file for every job.
+    """
     with errors_to_exit_codes(debug):
         from vsf_cli.batch import plan, runner, spec
         from vsf_cli.settings import env_layer
@@ -70,9 +69,8 @@ def run(
             spec.Expansion(sweep=batch.sweep)  # validates the keys
         out_dir = out or Path("out") / path.stem
         rank, world = plan.shard(shard)
-        flags = {"model": model, "method": method, "steps": steps, "scale": scale, "offset": offset,
-                 "device": plan.local_device(device), "dtype": dtype, "offload": offload,
-                 **(spec.parse_size(size) if size else {})}
+        flags = o.to_settings(options)
+        flags.update(model=model, device=plan.local_device(flags["device"]))
         warnings: set[str] = set()
         jobs = plan.expand(batch, preset=spec.preset_defaults(preset or batch.preset), env=env_layer(), flags=flags,
                            out_dir=out_dir, warn=warnings.add, max_jobs=max_jobs or plan.MAX_JOBS)

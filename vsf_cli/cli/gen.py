@@ -6,30 +6,19 @@ import typer
 
 from vsf_cli.cli import app
 from vsf_cli.cli import generation as g
+from vsf_cli.cli import options as o
 from vsf_cli.cli.common import errors_to_exit_codes
 from vsf_cli.errors import UsageError
+from vsf_cli.models.registry import DEFAULT_MODEL
 
 DEFAULT_OUTPUT = "out/{slug}_{seed}.png"
 
 
 @app.command("gen")
+@o.add_flags(DEFAULT_MODEL, after="model")
 def gen(
     prompt: str = typer.Argument(None, help="What to draw (optional with --from)."),
-    neg: str = g.NEG,
-    model: str = typer.Option(None, "--model", "-m", help="Alias (see `vsf models`), local diffusers folder or hub id. (default: sd35-large-turbo)"),
-    method: str = g.METHOD,
-    scale: float = g.SCALE,
-    offset: float = g.OFFSET,
-    compat: str = typer.Option(None, "--compat", help="paper (the paper's design) or reference (the seed code's layout, to match its numbers). (default: paper)"),
-    nag_scale: float = g.NAG_SCALE,
-    nag_tau: float = g.NAG_TAU,
-    nag_alpha: float = g.NAG_ALPHA,
-    nag_end: float = g.NAG_END,
-    nasa_scale: float = g.NASA_SCALE,
-    cfg_scale: float = g.CFG_SCALE,
-    steps: int = g.STEPS,
-    size: str = g.SIZE,
-    guidance_scale: float = typer.Option(None, "--guidance-scale", help="The pipeline's guidance_scale, 0-30: CFG for SD3 (VSF needs <= 1), the distilled guidance for Flux dev. (model default)"),
+    model: str = typer.Option(None, "--model", "-m", help=f"Alias (see `vsf models`), local diffusers folder or hub id. (default: {DEFAULT_MODEL})"),
     seed: list[int] = g.SEED,
     seeds: int = g.SEEDS,
     count: int = g.COUNT,
@@ -38,10 +27,6 @@ def gen(
     strength: float = typer.Option(None, "--strength", help="With --image: how much is repainted, 0-1 (0 returns the input). (default: 0.6)"),
     output: str = typer.Option(DEFAULT_OUTPUT, "--output", "-o", help="Output template; fields {index} {seed} {slug} {model} {method}; must end in .png."),
     overwrite: bool = g.OVERWRITE,
-    device: str = g.DEVICE,
-    dtype: str = g.DTYPE,
-    offload: str = g.OFFLOAD,
-    lora: list[str] = g.LORA,
     offline: bool = g.OFFLINE,
     as_json: bool = g.AS_JSON,
     dry_run: bool = g.DRY_RUN,
@@ -50,18 +35,12 @@ def gen(
     quiet: bool = g.QUIET,
     verbose: bool = g.VERBOSE,
     debug: bool = g.DEBUG,
+    **options,  # the shared generation flags (vsf_cli.cli.options): --neg, --method, the method knobs, --steps, ...
 ) -> None:
     """Generate images with a negative prompt that works at guidance scale 0."""
     with errors_to_exit_codes(debug):
-        from vsf_cli.batch.spec import parse_size
-
-        flags = {
-            "prompt": prompt, "negative": neg, "model": model, "method": method, "scale": scale, "offset": offset,
-            "compat": compat, "nag_scale": nag_scale, "nag_tau": nag_tau, "nag_alpha": nag_alpha, "nag_end": nag_end,
-            "nasa_scale": nasa_scale, "cfg_scale": cfg_scale, "steps": steps, "guidance_scale": guidance_scale, "lora": lora or None,
-            "device": device, "dtype": dtype, "offload": offload, **(parse_size(size) if size else {}), "strength": strength,
-            "image": str(image) if image else None, "mask": str(mask) if mask else None,
-        }
+        flags = {"prompt": prompt, "model": model, **o.to_settings(options), "strength": strength,
+                 "image": str(image) if image else None, "mask": str(mask) if mask else None}
         if not prompt and not from_file:
             raise UsageError("missing PROMPT (or --from FILE)")
 

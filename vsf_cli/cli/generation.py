@@ -11,27 +11,12 @@ import typer
 from vsf_cli.cli.common import console, progress_bar, warn
 from vsf_cli.errors import UsageError
 
-# Options both commands take; each is declared once so the two help screens cannot drift apart.
-NEG = typer.Option(None, "--neg", help="What to keep out: the negative prompt.")
-METHOD = typer.Option(None, "--method", help="Guidance: vsf, nag, nasa, cfg, or none (positive only). (default: vsf with --neg, else none)")
-SCALE = typer.Option(None, "--scale", help="VSF flip scale alpha, 0-20; higher pushes harder away from --neg. (model default: 3.5 images, 1.5 Wan 1.3B)")
-OFFSET = typer.Option(None, "--offset", help="VSF logit offset beta, -5 to inf; higher damps the negative. (model default: 0.1 images, 0.2 Wan)")
-NAG_SCALE = typer.Option(None, "--nag-scale", help="NAG extrapolation s, 1-20; 1 = off. (default: 4)")
-NAG_TAU = typer.Option(None, "--nag-tau", help="NAG cap on the guided/positive L1-norm ratio, 1-20. (default: 2.5)")
-NAG_ALPHA = typer.Option(None, "--nag-alpha", help="NAG blend of guided into positive attention, 0-1. (default: 0.125)")
-NAG_END = typer.Option(None, "--nag-end", help="NAG: fraction of the denoising it is active, 0-1. (default: 1)")
-NASA_SCALE = typer.Option(None, "--nasa-scale", help="NASA subtraction scale s, 0-5; 0 = off. (default: 0.22)")
-CFG_SCALE = typer.Option(None, "--cfg-scale", help="CFG guidance scale, >1 to 30 (two passes per step). (default: 4.5)")
-STEPS = typer.Option(None, "--steps", help="Denoising steps, 1-200. (model default: 8 for SD3.5 Turbo and Wan 1.3B)")
-SIZE = typer.Option(None, "--size", help="WIDTHxHEIGHT, or one number for a square; multiples of 16. (model default)")
+# Options both commands take; each is declared once so the two help screens cannot drift apart. The generation flags
+# that `vsf batch` takes too (--neg, --method, the method knobs, --steps, ...) are built in vsf_cli.cli.options.
 SEED = typer.Option(None, "--seed", help="Seed, 0 to 2^63-1; repeat for several outputs. (default: random, printed)")
 SEEDS = typer.Option(None, "--seeds", help="Render N outputs with random seeds.")
 COUNT = typer.Option(None, "-n", help="Outputs to render: seeds S..S+N-1 after one --seed S, else N random seeds. (default: 1)")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing files instead of refusing.")
-DEVICE = typer.Option(None, "--device", help="cuda, cuda:1, mps or cpu. (default: auto)")
-DTYPE = typer.Option(None, "--dtype", help="float16, bfloat16 or float32. (default: auto: bfloat16 on GPU, float32 on CPU)")
-OFFLOAD = typer.Option(None, "--offload", help="none, model (whole models move to the GPU in turn) or sequential (layer by layer, least memory). (default: none)")
-LORA = typer.Option(None, "--lora", help="LoRA as PATH_OR_HUB_ID[:SCALE], repeatable; safetensors only. (scale default: 1.0)")
 OFFLINE = typer.Option(False, "--offline", help="Use only the local hub cache; never touch the network.")
 AS_JSON = typer.Option(False, "--json", help="Print one JSON object per output on stdout instead of its path.")
 DRY_RUN = typer.Option(False, "--dry-run", help="Print the resolved settings and output paths; load nothing.")

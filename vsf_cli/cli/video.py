@@ -6,32 +6,22 @@ import typer
 
 from vsf_cli.cli import app
 from vsf_cli.cli import generation as g
+from vsf_cli.cli import options as o
 from vsf_cli.cli.common import errors_to_exit_codes
 from vsf_cli.errors import UsageError
 
 DEFAULT_OUTPUT = "out/{slug}_{seed}.mp4"
+DEFAULT_MODEL = "wan-1.3b"
 
 
 @app.command("video")
+@o.add_flags(DEFAULT_MODEL, after="model", exclude=("compat",))  # Wan has one stream layout: --compat changes nothing
 def video(
     prompt: str = typer.Argument(None, help="What to film (optional with --from)."),
-    neg: str = g.NEG,
-    model: str = typer.Option(None, "--model", "-m", help="wan (= wan-1.3b), wan-14b, wan-i2v-14b (with --image), a local Wan folder or hub id. (default: wan-1.3b)"),
-    method: str = g.METHOD,
-    scale: float = g.SCALE,
-    offset: float = g.OFFSET,
-    nag_scale: float = g.NAG_SCALE,
-    nag_tau: float = g.NAG_TAU,
-    nag_alpha: float = g.NAG_ALPHA,
-    nag_end: float = g.NAG_END,
-    nasa_scale: float = g.NASA_SCALE,
-    cfg_scale: float = g.CFG_SCALE,
-    steps: int = g.STEPS,
-    size: str = g.SIZE,
+    model: str = typer.Option(None, "--model", "-m", help=f"wan (= wan-1.3b), wan-14b, wan-i2v-14b (with --image), a local Wan folder or hub id. (default: {DEFAULT_MODEL})"),
     frames: int = typer.Option(None, "--frames", help="Frames to generate, 4k+1 (Wan's VAE packs 4 per latent), 1-1001; above 81 drifts. (model default: 81)"),
     fps: int = typer.Option(None, "--fps", help="Playback frames per second, 1-240. (model default: 16)"),
     trim_start: int = typer.Option(None, "--trim-start", help="Drop this many frames from the start; CausVid's first frames flash. (model default: 5 for wan-1.3b, 0 for wan-14b)"),
-    guidance_scale: float = typer.Option(None, "--guidance-scale", help="Wan's CFG scale, 0-30; > 1 runs a second, unguided pass per step (VSF then guides the conditional pass only). (model default: 1 = off)"),
     seed: list[int] = g.SEED,
     seeds: int = g.SEEDS,
     count: int = g.COUNT,
@@ -40,10 +30,6 @@ def video(
     image: Path = typer.Option(None, "--image", help="Image-to-video: the first frame (needs --model wan-i2v-14b); the size follows its aspect ratio."),
     vae_tiling: bool = typer.Option(None, "--vae-tiling/--no-vae-tiling", help="Decode the video in tiles: less memory, faint seams. (default: off)"),
     overwrite: bool = g.OVERWRITE,
-    device: str = g.DEVICE,
-    dtype: str = g.DTYPE,
-    offload: str = g.OFFLOAD,
-    lora: list[str] = g.LORA,
     default_lora: bool = typer.Option(True, "--default-lora/--no-default-lora", help="Load the model's distill LoRA from `vsf models` (--lora adds more). (default: on)"),
     offline: bool = g.OFFLINE,
     as_json: bool = g.AS_JSON,
@@ -53,27 +39,22 @@ def video(
     quiet: bool = g.QUIET,
     verbose: bool = g.VERBOSE,
     debug: bool = g.DEBUG,
+    **options,  # the shared generation flags (vsf_cli.cli.options): --neg, --method, the method knobs, --steps, ...
 ) -> None:
     """Generate videos with a negative prompt that works without CFG (Wan 2.1 + distill LoRA)."""
     with errors_to_exit_codes(debug):
-        from vsf_cli.batch.spec import parse_size
         from vsf_cli.render.video import output_path, sidecar
 
         if not prompt and not from_file:
             raise UsageError("missing PROMPT (or --from FILE)")
-        flags = {
-            "prompt": prompt, "negative": neg, "model": model, "method": method, "scale": scale, "offset": offset,
-            "nag_scale": nag_scale, "nag_tau": nag_tau, "nag_alpha": nag_alpha, "nag_end": nag_end,
-            "nasa_scale": nasa_scale, "cfg_scale": cfg_scale, "steps": steps, "guidance_scale": guidance_scale,
-            "frames": frames, "fps": fps, "trim_start": trim_start, "vae_tiling": vae_tiling,
-            "lora": lora or None, "default_lora": None if default_lora else False, "device": device, "dtype": dtype, "offload": offload,
-            **(parse_size(size) if size else {}), "image": str(image) if image else None,
-        }
+        flags = {"prompt": prompt, "model": model, **o.to_settings(options), "frames": frames, "fps": fps,
+                 "trim_start": trim_start, "vae_tiling": vae_tiling, "default_lora": None if default_lora else False,
+                 "image": str(image) if image else None}
 
         def plan(settings: dict, seed_list: list[int]):
             template = str(output_path(Path(output), output_format)) if output == DEFAULT_OUTPUT else output
             suffix = output_path(Path("x.mp4"), output_format).suffix
             return g.plan_paths(settings, seed_list, template, overwrite, suffix, also=lambda path: [sidecar(path)])
 
-        g.run(flags, defaults={"model": "wan-1.3b"}, video=True, from_file=from_file, preset=preset, seed=seed, seeds=seeds, count=count, plan=plan,
+        g.run(flags, defaults={"model": DEFAULT_MODEL}, video=True, from_file=from_file, preset=preset, seed=seed, seeds=seeds, count=count, plan=plan,
               dry_run=dry_run, as_json=as_json, offline=offline, quiet=quiet, verbose=verbose)

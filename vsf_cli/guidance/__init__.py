@@ -1,9 +1,12 @@
 """Negative guidance on stock diffusers pipelines: `apply(pipe, method, negative=..., **params)` and the method registry."""
 
 import contextlib
+import functools
 import importlib
+from typing import NamedTuple
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from vsf_cli.errors import UsageError
 
@@ -27,6 +30,39 @@ def _method_class(method: str):
 def parameters(method: str) -> list[str]:
     """The names of a method's parameters (what the CLI passes on and records in metadata)."""
     return list(_method_class(method).model_fields)
+
+
+class Knob(NamedTuple):
+    """A method parameter: its one declaration (the pydantic field) and the methods that take it."""
+
+    field: FieldInfo
+    methods: tuple[str, ...]
+
+
+@functools.cache
+def knobs() -> dict[str, Knob]:
+    """Every method's parameters, each once, in METHODS order: what settings, flags and metadata are built from."""
+    return collect_knobs({method: _method_class(method) for method in METHODS})
+
+
+def collect_knobs(classes: dict[str, type]) -> dict[str, Knob]:
+    """The union of the classes' fields; a name that two methods declare differently is refused (TypeError)."""
+    found: dict[str, Knob] = {}
+    for method, method_class in classes.items():
+        for name, field in method_class.model_fields.items():
+            if name not in found:
+                found[name] = Knob(field, (method,))
+                continue
+            first = found[name]
+            if _declaration(first.field) != _declaration(field):
+                raise TypeError(f"method parameter {name!r} is declared differently by {first.methods[0]} and {method} "
+                                "(type, default, range or description); declare it once, on a shared base class")
+            found[name] = Knob(first.field, (*first.methods, method))
+    return found
+
+
+def _declaration(field: FieldInfo) -> tuple:
+    return field.annotation, field.default, field.metadata, field.description
 
 
 def create(method: str, **params):

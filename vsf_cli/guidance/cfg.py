@@ -8,7 +8,7 @@ from vsf_cli.guidance.base import Method
 class CFG(Method):
     """The pipeline's CFG with the negative as its unconditional prompt; meant for non-distilled models."""
 
-    cfg_scale: float = Field(4.5, gt=1.0, le=30.0, description="guidance scale w (> 1)")
+    cfg_scale: float = Field(4.5, gt=1.0, le=30.0, description="guidance scale w; two passes per step")
 
     def install(self, pipe, negatives: list[str]):
         from vsf_cli.guidance.install import Installation

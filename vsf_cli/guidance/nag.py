@@ -1,10 +1,16 @@
 """Normalized Attention Guidance (Chen et al. 2025, arXiv 2505.21179): extrapolate image attention away from Z-."""
 
-import torch
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from vsf_cli.errors import UsageError
 from vsf_cli.guidance.base import AttentionMethod
+
+if TYPE_CHECKING:  # torch loads with the kernels, not with the parameters (the CLI reads them for its flags)
+    import torch
 
 
 def nag_combine(z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float, tau: float, alpha: float) -> torch.Tensor:
@@ -13,6 +19,8 @@ def nag_combine(z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float, tau: flo
     Tensors are (batch, heads, tokens, head_dim); the norm runs over all heads' channels of a token, as NAG
     computes it on the (batch, tokens, heads * head_dim) attention output.
     """
+    import torch
+
     guided = scale * z_pos - (scale - 1) * z_neg
     norm_pos = z_pos.abs().sum(dim=(1, 3), keepdim=True)
     norm_guided = guided.abs().sum(dim=(1, 3), keepdim=True)

@@ -10,10 +10,13 @@ from vsf_cli.guidance.base import AttentionMethod
 class VSF(AttentionMethod):
     """VSF with the paper's layout (collector N0 in the stream, flipped K/V-only copy N1 read by image tokens)."""
 
-    scale: float = Field(3.5, ge=0.0, le=20.0, description="flip scale alpha: negative values are multiplied by -scale")
-    offset: float = Field(0.1, ge=-5.0, description="logit offset beta subtracted from image->negative logits; inf = off")
+    scale: float = Field(3.5, ge=0.0, le=20.0, description="flip scale alpha: the negative's values are multiplied by "
+                         "-scale; higher pushes harder away from the negative")
+    offset: float = Field(0.1, ge=-5.0, description="logit offset beta subtracted from image->negative logits; higher "
+                          "damps the negative, inf = off")
     compat: Literal["paper", "reference"] = Field(
-        "paper", description="'reference' reproduces the seed code's [P, Na, Nb] stream, which the paper's numbers used"
+        "paper", description="stream layout: paper (the paper's design) or reference (the seed code's, with the negative "
+        "twice, which the paper's numbers used)"
     )
 
     def kernel(self):
