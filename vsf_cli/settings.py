@@ -165,10 +165,10 @@ def _check_video(settings: dict, family, warn: Callable[[str], None]) -> None:
         return
     frames, step = settings["frames"], family.frame_step
     if (frames - 1) % step:
-        raise UsageError(f"frames: {frames} is not {step}k+1 ({family.name} makes 1 + {step}k frames); "
+        raise UsageError(f"frames: {frames} is not {step}k+1 ({family.label} makes 1 + {step}k frames); "
                          f"use {' or '.join(map(str, nearest_frame_counts(frames, step)))}")
     if family.frames_trained and frames > family.frames_trained:
-        warn(f"{frames} frames is more than the {family.frames_trained} {family.name} was trained on; "
+        warn(f"{frames} frames is more than the {family.frames_trained} {family.label} was trained on; "
              "expect repetition or drift")
     if settings["trim_start"] >= frames:
         raise UsageError(f"trim_start: dropping {settings['trim_start']} of {frames} frames leaves none")

@@ -37,6 +37,7 @@ class Family:
     """
 
     name: str
+    label: str  # how messages name it: "Wan"
     pipelines: dict[str, str]  # task -> diffusers pipeline class: text, img2img, inpaint, img2video
     default_model: str  # the registry entry whose numbers a folder or hub id of this family starts from
     hub_names: tuple[str, ...]  # lower-case pieces of hub ids that belong to the family

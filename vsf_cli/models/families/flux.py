@@ -37,6 +37,7 @@ def extend_kwargs(kwargs: dict, added: int) -> dict:
 
 FAMILY = Family(
     name="flux",
+    label="Flux",
     pipelines={"text": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"},
     default_model="flux-schnell",
     hub_names=("flux",),

@@ -48,6 +48,7 @@ def check_call(pipe) -> None:
 
 FAMILY = Family(
     name="sd3",
+    label="SD3",
     pipelines={"text": "StableDiffusion3Pipeline", "img2img": "StableDiffusion3Img2ImgPipeline",
                "inpaint": "StableDiffusion3InpaintPipeline"},
     default_model="sd35-large-turbo",

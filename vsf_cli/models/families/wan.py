@@ -30,6 +30,7 @@ def check_call(pipe) -> None:
 
 FAMILY = Family(
     name="wan",
+    label="Wan",
     pipelines={"text": "WanPipeline", "img2video": "WanImageToVideoPipeline"},
     default_model="wan-1.3b",
     hub_names=("wan2.1-t2v", "wan2.1-i2v"),
