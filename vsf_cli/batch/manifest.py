@@ -8,7 +8,6 @@ shard's writer; readers only warn), so nothing is dropped unseen and the next re
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import socket
@@ -182,13 +181,10 @@ def append(path: Path, entry: dict) -> None:
 
 
 def digest(path: Path) -> tuple[str, int]:
-    """(sha256, size) of a file, read in chunks."""
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
+    """(sha256, size) of a file."""
+    from vsf_cli.render.images import sha256
+
+    return sha256(path), Path(path).stat().st_size
 
 
 def make_durable(path: Path) -> None:

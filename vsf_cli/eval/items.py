@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vsf_cli.errors import UsageError
+from vsf_cli.render.images import sha256
 
 # Settings that change from item to item by design, or only say where it ran; never part of a setting's label.
 _PER_ITEM = {"prompt", "negative", "seed", "image", "image_sha256", "mask", "mask_sha256", "device", "dtype", "offload"}
@@ -54,14 +54,6 @@ class Item:
         return (self.prompt, self.negative, self.seed)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load(run_dir: Path, warn=lambda message: None) -> list[Item]:
     """Every done job of a run (all ranks) whose file is present, in job order; settings labelled.
 
@@ -85,7 +77,7 @@ def load(run_dir: Path, warn=lambda message: None) -> list[Item]:
             error = f"{record['file']} changed after it was rendered (it does not match its manifest record)"
         elif sha is None:  # a record from before outputs were hashed
             try:
-                sha = sha256_file(run_dir / record["file"])
+                sha = sha256(run_dir / record["file"])
             except OSError as e:
                 error = f"cannot read {record['file']}: {e.strerror or e}"
         s, meta = record["settings"], record.get("meta") or {}

@@ -28,7 +28,12 @@ def open_image(path: str | Path):
 
 
 def sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """A file's sha256, read in chunks (outputs and videos can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def fitted(path: str | Path, width: int, height: int, mode: str):
