@@ -61,12 +61,13 @@ def resolve_settings(flags: dict, from_file: Path | None, preset: str | None = N
 def warn_ignored(flags: dict, method: str) -> None:
     """One warning for method knobs given as flags that the chosen method does not take (they would do nothing)."""
     from vsf_cli import guidance
+    from vsf_cli.cli.options import flag
     from vsf_cli.settings import METHOD_SETTINGS
 
     taken = guidance.parameters(method)
-    ignored = [f"--{k.replace('_', '-')}" for k in METHOD_SETTINGS if flags.get(k) is not None and k not in taken]
+    ignored = [flag(k) for k in METHOD_SETTINGS if flags.get(k) is not None and k not in taken]
     if ignored:
-        takes = ", ".join(f"--{k.replace('_', '-')}" for k in taken) or "no knobs"
+        takes = ", ".join(flag(k) for k in taken) or "no knobs"
         warn(f"{' and '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} nothing with --method {method} "
              f"(it takes {takes})")
 

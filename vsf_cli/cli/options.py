@@ -97,6 +97,11 @@ def _model_value(model: str, name: str):
     return getattr(resolve(model), name)
 
 
+def flag(name: str) -> str:
+    """The flag of a setting: `nag_scale` is `--nag-scale`."""
+    return f"--{name.replace('_', '-')}"
+
+
 def add_flags(model: str, *, after: str, exclude: tuple[str, ...] = (), every_job: bool = False):
     """Give a command the shared flags, after its parameter `after`; their values arrive in its `**options`.
 
@@ -109,7 +114,7 @@ def add_flags(model: str, *, after: str, exclude: tuple[str, ...] = (), every_jo
         if params[-1].kind is not inspect.Parameter.VAR_KEYWORD:
             raise TypeError(f"{command.__name__} needs a **options parameter for the shared flags")
         added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=kind,
-                                   default=typer.Option(None, f"--{name.replace('_', '-')}", help=text))
+                                   default=typer.Option(None, flag(name), help=text))
                  for name, (kind, text) in flags(model, exclude=exclude, every_job=every_job).items()]
         clash = {p.name for p in params} & {p.name for p in added}
         if clash:
