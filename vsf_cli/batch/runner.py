@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -13,8 +12,8 @@ from vsf_cli.batch.manifest import manifest_path, output_state  # noqa: F401  (p
 from vsf_cli.batch.plan import PlannedJob
 from vsf_cli.errors import UsageError, VsfError, describe
 from vsf_cli.generate import LOAD_KEYS
+from vsf_cli.render.naming import TEMP_NAME
 
-_PARTIAL = re.compile(r"\.(.+)\.[0-9a-f]{8}\.partial")  # render.naming.atomic_write's temp files
 DISK_FULL = "disk_full"  # a failure's `reason` when the disk was full: a resume runs the job again by itself
 
 
@@ -167,7 +166,7 @@ class Runner:
             except OSError:
                 continue
             for entry in entries:
-                match = _PARTIAL.match(entry.name)
+                match = TEMP_NAME.match(entry.name)
                 repair = entry.name.startswith(f".{self.manifest.name}.") and entry.name.endswith(".repair")
                 if (repair or (match and match[1] in own)) and entry.is_file(follow_symlinks=False):
                     Path(entry.path).unlink(missing_ok=True)

@@ -110,6 +110,10 @@ def check_free(paths: list[Path], overwrite: bool, folders: bool = False) -> Non
             raise VsfError(f"{path} already exists (pass --overwrite to replace it)")
 
 
+# atomic_write's temp files, `.NAME.HEX.partial.EXT`; group 1 is the NAME they will be renamed to.
+TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}\.partial")
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a hidden temp file next to `path`, then move it into place; never leaves a partial file."""
     path = Path(path)
