@@ -134,15 +134,17 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None, v
     method = settings["method"]
     guidance_is_cfg = family.cfg_argument == "guidance_scale"
     batched_cfg = guidance_is_cfg and not family.cfg_separate_pass
-    if batched_cfg and method not in ("none", "cfg") and settings["guidance_scale"] > 1:
-        raise UsageError(f"{method} replaces CFG and needs --guidance-scale <= 1 (got {settings['guidance_scale']})")
+    if batched_cfg and method not in ("none", "cfg") and settings["guidance_scale"] > family.cfg_off_at:
+        raise UsageError(f"{method} replaces CFG and needs --guidance-scale <= {family.cfg_off_at:g} "
+                         f"(got {settings['guidance_scale']})")
     taken = guidance.parameters(method)
     given = {k: settings[k] for k in taken if settings[k] is not None}
     # Built here so ranges are checked before anything loads; unset knobs take the method's defaults.
-    settings.update({k: None for k in METHOD_SETTINGS}, **guidance.create(method, **given).model_dump())
+    guide = guidance.create(method, **given)
+    settings.update({k: None for k in METHOD_SETTINGS}, **guide.model_dump())
     if method == "cfg":
         if guidance_is_cfg:
-            settings["guidance_scale"] = settings["cfg_scale"]
+            settings["guidance_scale"] = guide.pipeline_scale(family)
         if spec.distilled:
             warn(f"{spec.alias} is distilled; classifier-free guidance on it is not what it was trained for "
                  "(the paper's CFG baseline is sd35-large at 28 steps)")

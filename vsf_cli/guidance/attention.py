@@ -7,12 +7,27 @@ Group = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """(query, key, value) of one token group, each (batch, heads, tokens, head_dim); query may be None."""
 
 
-def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unmasked softmax attention and its log-sum-exp (float32), through a fused kernel where one exists.
+def join_masks(parts: list[tuple[torch.Tensor | None, int]], batch: int, device) -> torch.Tensor | None:
+    """Key masks of consecutive key groups, (mask or None = keep all, group length), as one (batch, keys) mask;
+    None when every part keeps all."""
+    if all(mask is None for mask, _ in parts):
+        return None
+    return torch.cat([torch.ones(batch, n, dtype=torch.bool, device=device) if mask is None else mask
+                      for mask, n in parts], dim=1)
+
+
+def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention and its log-sum-exp (float32), through a fused kernel where one exists.
 
     The log-sum-exp lets callers add more key groups afterwards (see `merge`), so the big image-token
-    attention never needs a mask and stays on flash / memory-efficient kernels.
+    attention never needs a mask and stays on flash / memory-efficient kernels. `key_mask` (batch, keys), False
+    for padding keys, runs each batch item over its own keys, still unmasked.
     """
+    if key_mask is not None:
+        parts = [attention_lse(q[b:b + 1], k[b:b + 1, :, key_mask[b]], v[b:b + 1, :, key_mask[b]])
+                 for b in range(q.shape[0])]
+        return torch.cat([out for out, _ in parts]), torch.cat([lse for _, lse in parts])
     # `attention_lse.backend` names the kernel the last call used (the benchmark reports it).
     if q.device.type == "cpu":
         attention_lse.backend = "cpu flash"
@@ -126,6 +141,7 @@ def vsf_joint(
     scale: float,
     offset: float,
     negative_mask: torch.Tensor | None = None,
+    context_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """VSF in one joint (MMDiT) attention layer; returns the outputs of the image, positive and negative queries.
 
@@ -133,15 +149,19 @@ def vsf_joint(
       image queries     -> image, positive, N1 (logits - offset)
       positive queries  -> image, positive
       negative queries  -> image, negative (the collector N0)
-    Image and positive queries share one unmasked fused attention over [image, positive].
+    Image and positive queries share one fused attention over [image, positive]. The key masks (batch, keys), False
+    for padding, cover the negative and [image, positive] (`context_mask`: a batch of captions of unequal length).
     """
     q_i, k_i, v_i = image
     q_p, k_p, v_p = positive
     q_n, k_n, v_n = negative
     n_i = q_i.shape[2]
-    out, lse = attention_lse(torch.cat([q_i, q_p], dim=2), torch.cat([k_i, k_p], dim=2), torch.cat([v_i, v_p], dim=2))
+    out, lse = attention_lse(torch.cat([q_i, q_p], dim=2), torch.cat([k_i, k_p], dim=2), torch.cat([v_i, v_p], dim=2),
+                             key_mask=context_mask)
     image_out = with_flipped((out[:, :, :n_i], lse[:, :, :n_i]), q_i, k_n, v_n, scale, offset, negative_mask)
-    collector = merge(attention_lse(q_n, k_i, v_i), small_attention_lse(q_n, k_n, v_n, key_mask=negative_mask))
+    image_mask = None if context_mask is None else context_mask[:, :n_i]
+    collector = merge(attention_lse(q_n, k_i, v_i, key_mask=image_mask),
+                      small_attention_lse(q_n, k_n, v_n, key_mask=negative_mask))
     return image_out, out[:, :, n_i:], collector
 
 
@@ -151,23 +171,27 @@ def contrast_joint(
     negative: Group,
     *,
     negative_mask: torch.Tensor | None = None,
+    context_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Joint attention run once with the positive and once with the negative as the text, as NAG and NASA do.
 
     Returns (Z+ image, positive out, Z- image, negative out): image and positive queries see [image, positive];
     image and negative queries see [image, negative]. The text stream thus carries both prompts, each refined
     against the image only, which is NAG's batch-of-two layout without doubling the image tokens' projections.
+    Key masks as in `vsf_joint`.
     """
     q_i, k_i, v_i = image
     q_p, k_p, v_p = positive
     q_n, k_n, v_n = negative
-    n_i = q_i.shape[2]
-    plus = F.scaled_dot_product_attention(torch.cat([q_i, q_p], 2), torch.cat([k_i, k_p], 2), torch.cat([v_i, v_p], 2))
-    mask = None
-    if negative_mask is not None:
-        image_keys = negative_mask.new_ones(negative_mask.shape[0], k_i.shape[2])
-        mask = torch.cat([image_keys, negative_mask], dim=1)[:, None, None, :]
-    minus = F.scaled_dot_product_attention(
-        torch.cat([q_i, q_n], 2), torch.cat([k_i, k_n], 2), torch.cat([v_i, v_n], 2), attn_mask=mask
-    )
+    n_i, batch = q_i.shape[2], q_i.shape[0]
+
+    def keys(second: torch.Tensor | None, n_second: int) -> torch.Tensor | None:  # [image, second] for SDPA
+        mask = join_masks([(image_mask, n_i), (second, n_second)], batch, q_i.device)
+        return None if mask is None else mask[:, None, None, :]
+
+    image_mask, positive_mask = (None, None) if context_mask is None else (context_mask[:, :n_i], context_mask[:, n_i:])
+    plus = F.scaled_dot_product_attention(torch.cat([q_i, q_p], 2), torch.cat([k_i, k_p], 2), torch.cat([v_i, v_p], 2),
+                                          attn_mask=keys(positive_mask, k_p.shape[2]))
+    minus = F.scaled_dot_product_attention(torch.cat([q_i, q_n], 2), torch.cat([k_i, k_n], 2), torch.cat([v_i, v_n], 2),
+                                           attn_mask=keys(negative_mask, k_n.shape[2]))
     return plus[:, :, :n_i], plus[:, :, n_i:], minus[:, :, :n_i], minus[:, :, n_i:]

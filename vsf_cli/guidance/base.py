@@ -23,11 +23,12 @@ class Method(BaseModel):
 class AttentionMethod(Method):
     """A method that runs inside attention: a kernel per attention kind plus layout options.
 
-    Joint attention (SD3, Flux) and cross-attention (Wan) get different kernels; the family says which.
+    Joint attention (SD3, Flux, Z-Image) and cross-attention (Wan) get different kernels; the family says which.
     """
 
     def kernel(self):
-        """The joint-attention kernel, `kernel(image, positive, negative, negative_mask=None) -> three outputs`."""
+        """The joint-attention kernel, `kernel(image, positive, negative, negative_mask=None, context_mask=None)`
+        -> outputs of the image, positive and negative queries."""
         raise NotImplementedError
 
     def cross_kernel(self):

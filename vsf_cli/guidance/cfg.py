@@ -18,5 +18,10 @@ class CFG(Method):
     def call_kwargs(self, pipe, negatives: list[str]) -> dict:
         from vsf_cli.models import families
 
+        family = families.of(pipe)
         negative = negatives[0] if len(negatives) == 1 else negatives
-        return {"negative_prompt": negative, families.of(pipe).cfg_argument: self.cfg_scale}
+        return {"negative_prompt": negative, family.cfg_argument: self.pipeline_scale(family)}
+
+    def pipeline_scale(self, family) -> float:
+        """The pipeline argument for w: w itself, or w - 1 where the pipeline's 0 means off (Z-Image)."""
+        return self.cfg_scale - 1 + family.cfg_off_at

@@ -20,10 +20,12 @@ class CrossState:
         self.n_text = 0  # all text tokens
         self.negative_mask: torch.Tensor | None = None
 
-    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor | None:
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               key_mask: torch.Tensor | None = None) -> torch.Tensor | None:
         """The text attention call: split keys and values at the positive length and run the kernel. Any other
-        call (image-to-video's attention to the image tokens, whose keys are not the text) is left to run stock."""
-        if key.shape[2] != self.n_text:
+        call (image-to-video's attention to the image tokens, whose keys are not the text) is left to run stock,
+        and so is a masked one (Wan's cross-attention has no mask)."""
+        if key.shape[2] != self.n_text or key_mask is not None:
             return None
         n = self.n_positive
         positive = key[:, :, :n], value[:, :, :n]

@@ -6,6 +6,7 @@ and all) inside a `TorchFunctionMode` that catches its `F.scaled_dot_product_att
 the method's kernel, as diffusers' own `hooks/layer_skip.py` does for skipped attention scores.
 """
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -14,6 +15,7 @@ from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManag
 
 from vsf_cli import private
 from vsf_cli.errors import UsageError, VsfError
+from vsf_cli.guidance.attention import join_masks
 
 HOOK_NAME = "vsf_cli.guidance"
 
@@ -45,9 +47,11 @@ def install(pipe, family, state, active: Callable[[object, dict], bool] | None, 
     """Hook every denoiser call, and catch the attention call of every attention module the family guides.
 
     Per call: the family checks the pipeline, `state.active` is set (conditional pass, and `active(pipe, kwargs)` if
-    given), and an active call's kwargs become `add_negative(kwargs)`. In an active call each guided module's
-    attention call goes to `attend(query, key, value)`, all (batch, heads, tokens, head_dim); it returns the output,
-    or None for an attention call that is not the text one (the stock call then runs). Inactive calls run stock.
+    given), and an active call's kwargs, all by name, become `add_negative(kwargs)`. A family with a `carrier` has
+    the negative carried beside its blocks (`state.carried`). In an active call each guided module's attention call
+    goes to `attend(query, key, value, key_mask=...)`, all (batch, heads, tokens, head_dim) and the key mask
+    (batch, keys) or None; it returns the output, or None for an attention call that is not the text one (the stock
+    call then runs). Inactive calls run stock.
     All or nothing: a failure part-way undoes what was done.
     """
 
@@ -60,6 +64,8 @@ def install(pipe, family, state, active: Callable[[object, dict], bool] | None, 
     try:
         for denoiser in denoisers(pipe, family):
             installed.hook(denoiser, _CallHook(before))
+            for block in family.carrier.blocks(denoiser) if family.carrier else ():
+                installed.hook(block, _CarryHook(state, family.carrier))
             for attn in family.attentions(denoiser):
                 installed.hook(attn, _AttentionHook(state, attend))
     except BaseException:
@@ -86,10 +92,51 @@ class _CallHook(ModelHook):
 
     def pre_forward(self, module, *args, **kwargs):
         context = private.cache_context(self.branch)  # None when the pipeline sets no cache context (SD3)
-        return args, self.before(kwargs, context is None or context.name != "uncond")
+        return (), self.before(by_name(module, args, kwargs), context is None or context.name != "uncond")
 
     def reset_state(self, module):
         return module
+
+
+def by_name(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
+    """A forward call's arguments all by name (Z-Image's pipeline passes its transformer's positionally)."""
+    if not args:
+        return kwargs
+    bound = inspect.signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments
+    return dict(list(bound.items())[1:])  # without `self`
+
+
+class _CarryHook(ModelHook):
+    """Carries extra tokens beside one block's sequence: the block sees [sequence, extra], the model the sequence.
+
+    `carried` holds the extra tokens' states, rotary table and key mask (see `families.Carrier`); the states after
+    the block are kept for the next one.
+    """
+
+    def __init__(self, state, carrier) -> None:
+        super().__init__()
+        self.state = state
+        self.carrier = carrier
+        self.length = 0
+
+    def pre_forward(self, module, *args, **kwargs):
+        if not self.state.active:
+            return args, kwargs
+        c, carried = self.carrier, self.state.carried
+        kwargs = by_name(module, args, kwargs)
+        hidden, mask = kwargs[c.hidden], kwargs.get(c.mask)
+        self.length = hidden.shape[1]
+        mask = join_masks([(mask, hidden.shape[1]), (carried.mask, carried.hidden.shape[1])], hidden.shape[0],
+                          hidden.device)
+        kwargs.update({c.hidden: torch.cat([hidden, carried.hidden.to(hidden.dtype)], dim=1), c.mask: mask,
+                       c.rotary: torch.cat([kwargs[c.rotary], carried.rotary], dim=1)})
+        return (), kwargs
+
+    def post_forward(self, module, output):
+        if not self.state.active:
+            return output
+        self.state.carried.hidden = output[:, self.length:]
+        return output[:, :self.length]
 
 
 class _AttentionHook(ModelHook):
@@ -129,12 +176,28 @@ class _AttentionCall(torch.overrides.TorchFunctionMode):
         query, key, value = (kwargs.pop(name) if name in kwargs else args[i]
                              for i, name in enumerate(("query", "key", "value")))
         options = dict(zip(("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"), args[3:])) | kwargs
-        _check_plain(options, query.shape[-1])
-        out = self.attend(query, key, value)
+        key_mask = _key_mask(options.get("attn_mask"), key)
+        _check_plain({**options, "attn_mask": None}, query.shape[-1])
+        out = self.attend(query, key, value, key_mask=key_mask)
         if out is None:
             return func(query, key, value, **options)
         self.guided = True
         return out
+
+
+def _key_mask(mask: torch.Tensor | None, key: torch.Tensor) -> torch.Tensor | None:
+    """A boolean attention mask that only drops keys, (batch, 1, 1, keys), as (batch, keys); None if it keeps all.
+
+    That is the one kind of mask the kernels take (Z-Image masks the padding of shorter captions in a batch);
+    any other mask is refused.
+    """
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool or mask.ndim != 4 or mask.shape[1:3] != (1, 1) or mask.shape[-1] != key.shape[2]:
+        raise UsageError(f"guidance cannot take over an attention call with a {mask.dtype} mask of shape "
+                         f"{tuple(mask.shape)}; it takes boolean key masks (batch, 1, 1, keys)")
+    mask = mask[:, 0, 0, :]
+    return None if bool(mask.all()) else mask
 
 
 def _check_plain(options: dict, head_dim: int) -> None:
@@ -154,7 +217,10 @@ class NegativeTokens:
 
     def like(self, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(tokens, key mask or None) matching the positive's batch, device and dtype (see `pad_negatives`)."""
-        key = (positive.shape[0], positive.device, positive.dtype)
+        return self.stacked(positive.shape[0], positive.device, positive.dtype)
+
+    def stacked(self, batch: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        key = (batch, device, dtype)
         if key not in self._stacked:
             self._stacked[key] = pad_negatives(self.embeds, *key)
         return self._stacked[key]

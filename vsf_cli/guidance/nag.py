@@ -41,8 +41,8 @@ class NAG(AttentionMethod):
     def kernel(self):
         from vsf_cli.guidance.attention import contrast_joint
 
-        def kernel(image, positive, negative, negative_mask=None):
-            z_pos, pos_out, z_neg, neg_out = contrast_joint(image, positive, negative, negative_mask=negative_mask)
+        def kernel(image, positive, negative, **masks):
+            z_pos, pos_out, z_neg, neg_out = contrast_joint(image, positive, negative, **masks)
             return nag_combine(z_pos, z_neg, self.nag_scale, self.nag_tau, self.nag_alpha), pos_out, neg_out
 
         return kernel

@@ -13,8 +13,8 @@ class NASA(AttentionMethod):
     def kernel(self):
         from vsf_cli.guidance.attention import contrast_joint
 
-        def kernel(image, positive, negative, negative_mask=None):
-            z_pos, pos_out, z_neg, neg_out = contrast_joint(image, positive, negative, negative_mask=negative_mask)
+        def kernel(image, positive, negative, **masks):
+            z_pos, pos_out, z_neg, neg_out = contrast_joint(image, positive, negative, **masks)
             return z_pos - self.nasa_scale * z_neg, pos_out, neg_out
 
         return kernel

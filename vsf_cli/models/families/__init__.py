@@ -27,6 +27,35 @@ def _no_check(pipe) -> None:
     return None
 
 
+def refuse_cfg(pipe) -> None:
+    """A `check_call` for pipelines that batch CFG's two passes into one forward: guidance replaces CFG there."""
+    if getattr(pipe, "do_classifier_free_guidance", False):
+        off = of(pipe).cfg_off_at
+        raise UsageError(
+            f"guidance runs with the pipeline's CFG off, guidance_scale <= {off:g} (got {pipe.guidance_scale}); "
+            f"use guidance_scale={off:g} for few-step models, or method 'cfg' for classifier-free guidance"
+        )
+
+
+@dataclass(frozen=True)
+class Carrier:
+    """How the negative travels in a family whose denoiser call cannot take extra text tokens.
+
+    Z-Image pads and positions the caption inside its forward, so appending to the call's caption would move the
+    positive's padding and the image's rotary positions. There the negative is prepared on its own (`prepare`), then
+    carried beside the sequence through the `blocks`: each block sees [sequence, negative] and hands the sequence
+    back unchanged in shape, so the model's own code never sees the extra tokens.
+    """
+
+    blocks: Callable[[Any], list[Any]]  # denoiser -> the blocks whose attention holds the negative
+    hidden: str  # block argument names: the token states (batch, tokens, dim),
+    mask: str  # the key mask (batch, tokens) bool or None,
+    rotary: str  # and the rotary table (batch, tokens, ...)
+    positive_tokens: Callable[[dict], int]  # denoiser call kwargs -> tokens of the positive text in the sequence
+    # (denoiser, tokens (batch, n, width), key mask or None, padded) -> (hidden, rotary, key mask or None)
+    prepare: Callable[..., tuple[Any, Any, Any]]
+
+
 @dataclass(frozen=True)
 class Family:
     """Everything vsf needs to know about one model family.
@@ -49,9 +78,13 @@ class Family:
     image_context_kwarg: str | None = None  # cross: image tokens the attention splits off at a fixed text length
     denoisers: tuple[str, ...] = ("transformer",)  # pipeline attributes that run the denoising
     extend_kwargs: Callable[[dict, int], dict] = _unchanged  # give `added` text tokens their positions
+    carrier: Carrier | None = None  # joint: carry the negative beside the blocks instead of in the call's text
     check_call: Callable[[Any], None] = _no_check  # refuse a pipeline state guidance cannot handle
     cfg_argument: str = "guidance_scale"  # the pipeline argument that is classifier-free guidance
     cfg_separate_pass: bool = True  # CFG's unconditional pass is its own forward (False: batched with the other)
+    # The CFG argument's value that turns CFG off. At 1 it is the usual w (SD3); Z-Image computes
+    # cond + g (cond - uncond), so its g is w - 1 and 0 is off. Method 'cfg' passes w - 1 + cfg_off_at.
+    cfg_off_at: float = 1.0
     video: bool = False
     frame_step: int | None = None  # video: frame counts are 1 + k * frame_step
     frames_trained: int | None = None  # video: clip length the model was trained on; longer ones drift

@@ -1,8 +1,7 @@
 """Stable Diffusion 3 / 3.5: joint attention with the text after the image; CLIP-L, CLIP-G and T5 negatives."""
 
-from vsf_cli.errors import UsageError
 from vsf_cli import private
-from vsf_cli.models.families import Family
+from vsf_cli.models.families import Family, refuse_cfg
 
 T5_MAX_TOKENS = 256  # the pipelines' default max_sequence_length for the positive
 
@@ -37,15 +36,6 @@ def encode_negative(pipe, text: str, padded: bool = False):
     return tokens.to("cpu")
 
 
-def check_call(pipe) -> None:
-    """VSF replaces CFG; with guidance_scale > 1 the SD3 pipeline would batch an unconditional pass."""
-    if getattr(pipe, "do_classifier_free_guidance", False):
-        raise UsageError(
-            f"VSF runs at guidance_scale <= 1 (got {pipe.guidance_scale}); "
-            "use guidance_scale=0 for turbo models, or method 'cfg' for classifier-free guidance"
-        )
-
-
 FAMILY = Family(
     name="sd3",
     label="SD3",
@@ -57,7 +47,7 @@ FAMILY = Family(
     # The joint attention of every block; SD3.5 Medium's image-only `attn2` holds no text and is left alone.
     attentions=lambda transformer: [block.attn for block in transformer.transformer_blocks],
     encode_negative=encode_negative,
-    check_call=check_call,
+    check_call=refuse_cfg,  # guidance_scale > 1 would batch an unconditional pass into the forward
     cfg_separate_pass=False,  # both CFG passes run as one batched forward: VSF and CFG exclude each other
     inpaint_channels=(16, 33),  # latents alone, or latents + mask + masked image
 )
