@@ -167,3 +167,54 @@ def build_wan(path: Path, *, seed: int = 0, image_to_video: bool = False) -> Pat
         pipe = WanPipeline(**parts)
     pipe.save_pretrained(path)
     return Path(path)
+
+
+QWEN_CHAT_TEMPLATE = (  # the shape of Qwen3's template: role turns, then the assistant's turn when asked for
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def byte_qwen_tokenizer():
+    """A byte-level Qwen2 tokenizer (what Qwen3 uses) built in memory: every byte a token, no merges, a chat template."""
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        vocab[special] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_zimage(path: Path, *, seed: int = 0) -> Path:
+    """Save a tiny random ZImagePipeline (2 main layers, 2 + 2 refiners, a Qwen3 text encoder) to `path`."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    tokenizer = byte_qwen_tokenizer()
+    torch.manual_seed(seed + 1)
+    text_encoder = Qwen3Model(Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+    )).eval()
+    torch.manual_seed(seed + 2)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32, n_layers=2, n_refiner_layers=2, n_heads=2,
+        n_kv_heads=2, cap_feat_dim=32, axes_dims=[4, 6, 6], axes_lens=[1024, 64, 64],
+    )
+    with torch.no_grad():  # the model initialises its pad tokens to zero; distinct ones show where padding goes
+        transformer.x_pad_token.normal_()
+        transformer.cap_pad_token.normal_()
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 8], latent_channels=16,
+        norm_num_groups=4, sample_size=32, shift_factor=0.06, scaling_factor=1.5, use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                          tokenizer=tokenizer, transformer=transformer)
+    pipe.save_pretrained(path)
+    return Path(path)

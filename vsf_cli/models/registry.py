@@ -91,6 +91,13 @@ _SPECS: tuple[ModelSpec, ...] = (
         distilled=True, note="guidance-distilled: guidance_scale 3.5 feeds its guidance embedding (not CFG); "
         "the authors report it follows negatives less well than schnell",
     ),
+    # Z-Image-Turbo: the model card's 9 steps (8 transformer calls) at 1024 px and guidance 0. VSF's numbers are
+    # SD3's, untested on real weights (docs/method.md §9).
+    ModelSpec(
+        alias="zimage-turbo", family="zimage", hub_id="Tongyi-MAI/Z-Image-Turbo", gated=False, steps=9,
+        width=1024, height=1024, scale=3.5, offset=0.1, guidance_scale=0.0, max_sequence_length=512,
+        distilled=True, note="Apache-2.0, 6B, single-stream; 9 steps, CFG off; VSF numbers are SD3's, untested",
+    ),
     # Wan 2.1 text-to-video with a distill LoRA (docs/method.md §4; the numbers: docs/method.md §8). Our offset is
     # subtracted: the seed code's bias of -0.2 (its README) is offset 0.2 here, which damps the negative outside the
     # region it targets.
