@@ -21,6 +21,16 @@ def test_bench_reports_every_method_and_field(capsys, monkeypatch):
     assert "| vsf |" in bench.table(result)
 
 
+def test_bench_runs_the_zimage_shape(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "cold_start", lambda repeats=5: 0.123)
+    monkeypatch.setitem(bench.CONFIGS, "zimage-turbo", {**bench.CONFIGS["zimage-turbo"], "dim": 64, "n_heads": 4, "axes_dims": [4, 6, 6],
+                                                        "n_kv_heads": 4, "cap_feat_dim": 32})
+    bench.main(["--model", "zimage-turbo", "--blocks", "1", "--size", "64", "--repeats", "1", "--warmup", "0", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert (result["blocks"], result["image_tokens"], result["text_tokens"]) == (1, 16, 64)
+    assert [r["method"] for r in result["rows"]] == ["none", "vsf", "nag", "nasa", "cfg"]
+
+
 def test_cold_start_fails_when_the_cli_fails(monkeypatch):
     import subprocess
 
@@ -90,7 +100,9 @@ def test_vsf_bench_table(monkeypatch):
     (["--repeats", "0"], "--repeats 0: 1 to 1000"),
     (["--warmup", "-1"], "--warmup -1: 0 to 100"),
     (["--neg-tokens", "0"], "--neg-tokens 0: 1 to 512"),
-    (["--model", "flux"], "--model 'flux': choose from sd35-large, sd35-medium"),
+    (["--model", "flux"], "--model 'flux': choose from sd35-large, sd35-medium, zimage-turbo"),
+    (["--model", "zimage-turbo", "--methods", "none,vsf-compat"], "zimage-turbo takes none,vsf,nag,nasa,cfg"),
+    (["--model", "zimage-turbo", "--blocks", "31"], "1 to 30 blocks"),
 ])
 def test_vsf_bench_bad_options_are_one_line_before_any_work(args, message, monkeypatch):
     from typer.testing import CliRunner
@@ -117,10 +129,12 @@ def test_vsf_bench_help_names_what_the_module_offers():
                    "--dtype", "--attention", "--json"):
         assert option in result.stdout
     assert result.stdout.count("(default: ") == 11
-    large, medium = bench.CONFIGS["sd35-large"], bench.CONFIGS["sd35-medium"]
+    layers = {m: bench.CONFIGS[m][bench.layers_key(m)] for m in bench.CONFIGS}
     text = " ".join(result.stdout.replace("│", " ").split())
-    assert f"1 to {large['num_layers']} (sd35-medium: {medium['num_layers']})" in text
-    assert f"up to {16 * large['pos_embed_max_size']} (sd35-medium: {16 * medium['pos_embed_max_size']})" in text
+    assert f"1 to {layers['sd35-large']} (sd35-medium: {layers['sd35-medium']}, zimage-turbo: {layers['zimage-turbo']})" in text
+    assert (f"up to {bench.max_size('sd35-large')} (sd35-medium: {bench.max_size('sd35-medium')}, zimage-turbo: "
+            f"{bench.max_size('zimage-turbo')})") in text
+    assert ", ".join(bench.CONFIGS) in text.replace(" or ", ", ")
 
 
 def _is_ratio(ratio: float, ms: float, base_ms: float) -> bool:

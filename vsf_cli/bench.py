@@ -19,9 +19,26 @@ CONFIGS = {
                         caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=384,
                         qk_norm="rms_norm", sample_size=128, in_channels=16, out_channels=16, patch_size=2,
                         dual_attention_layers=tuple(range(13))),
+    "zimage-turbo": dict(n_layers=30, n_refiner_layers=2, dim=3840, n_heads=30, n_kv_heads=30, cap_feat_dim=2560,
+                         in_channels=16, all_patch_size=(2,), all_f_patch_size=(1,), axes_dims=[32, 48, 48],
+                         axes_lens=[1024, 512, 512], rope_theta=256.0, t_scale=1000.0, qk_norm=True),
 }
+FAMILIES = {"sd35-large": "sd3", "sd35-medium": "sd3", "zimage-turbo": "zimage"}
 METHODS = ("none", "vsf", "vsf-dense", "vsf-compat", "nag", "nasa", "cfg")
-POSITIVE_TOKENS = 77 + 256
+# The positive's tokens in the sequence: SD3's CLIP 77 + T5 256; a Z-Image caption of 50 to 64 tokens, padded to 64
+# (it keeps no tokenizer padding).
+POSITIVE_TOKENS = {"sd3": 77 + 256, "zimage": 64}
+SHAPE_METHODS = {"sd3": METHODS, "zimage": ("none", "vsf", "nag", "nasa", "cfg")}  # compat=reference is SD3's
+
+
+def layers_key(model: str) -> str:
+    return "n_layers" if FAMILIES[model] == "zimage" else "num_layers"
+
+
+def max_size(model: str) -> int:
+    """The largest image side the shape takes: SD3's position table, Z-Image's rotary table (512 patches a side)."""
+    config = CONFIGS[model]
+    return 16 * (config["axes_lens"][1] if "axes_lens" in config else config["pos_embed_max_size"])
 
 
 def _kernels(method: str):
@@ -41,43 +58,40 @@ def run(model: str = "sd35-large", *, blocks: int | None = None, size: int = 102
         dtype: str = "auto") -> dict:
     """Time one transformer step per method (median over interleaved repeats) and report ratios to `none`."""
     import torch
-    from diffusers import SD3Transformer2DModel
 
     from vsf_cli.guidance.joint import install_joint
-    from vsf_cli.models.families import sd3
+    from vsf_cli.models import families
     from vsf_cli.models.loading import quiet_libraries, resolve_device, resolve_dtype
 
     device = resolve_device(device)
     torch_dtype = getattr(torch, resolve_dtype(dtype, device))
-    config = {**CONFIGS[model], **({"num_layers": blocks} if blocks else {})}
-    if "dual_attention_layers" in config:
-        config["dual_attention_layers"] = tuple(i for i in config["dual_attention_layers"] if i < config["num_layers"])
+    family = families.get(FAMILIES[model])
+    config = _reduced(model, blocks)
     torch.manual_seed(0)
     # `.to(dtype)` on a model diffusers built would log "modules that should be kept in float32: []": there are none.
     with quiet_libraries():
-        transformer = SD3Transformer2DModel(**config).to(device, torch_dtype).eval()
-    latent = size // 8
+        transformer = _transformer_class(family.name)(**config).to(device, torch_dtype).eval()
     gen = torch.Generator().manual_seed(0)
 
     def randn(*shape):
         return torch.randn(*shape, generator=gen).to(device, torch_dtype)
 
-    inputs = dict(hidden_states=randn(1, 16, latent, latent), encoder_hidden_states=randn(1, POSITIVE_TOKENS, 4096),
-                  pooled_projections=randn(1, 2048), timestep=torch.tensor([500.0], device=device))
-    cfg_inputs = {k: torch.cat([v, v]) for k, v in inputs.items()}
+    n_text, width = POSITIVE_TOKENS[family.name], _text_width(family.name, config)
+    inputs = _inputs(family.name, size, randn, n_text, width, device)
+    cfg_inputs = {k: v + v if isinstance(v, list) else torch.cat([v, v]) for k, v in inputs.items()}
     pipe = SimpleNamespace(transformer=transformer)
 
-    def family(padded):
-        n = POSITIVE_TOKENS if padded else neg_tokens
-        # The SD3 adapter with random negative tokens: nothing here loads text encoders.
-        return dataclasses.replace(sd3.FAMILY, encode_negative=lambda pipe, text, padded: randn(1, n, 4096))
+    def negative_family(padded):
+        n = n_text if padded else neg_tokens
+        # The family with random negative tokens: nothing here loads text encoders.
+        return dataclasses.replace(family, encode_negative=lambda pipe, text, padded: randn(1, n, width))
 
     def step(method):
         kwargs = cfg_inputs if method == "cfg" else inputs
         if method in ("none", "cfg"):
             return lambda: transformer(**kwargs)
         kernel, options = _kernels(method)
-        installed = install_joint(pipe, family(options.get("padded", False)), ["negative"], kernel, **options)
+        installed = install_joint(pipe, negative_family(options.get("padded", False)), ["negative"], kernel, **options)
 
         def call():
             return transformer(**kwargs)
@@ -115,11 +129,46 @@ def run(model: str = "sd35-large", *, blocks: int | None = None, size: int = 102
     from vsf_cli.guidance.attention import attention_lse
 
     return {
-        "model": model, "blocks": config["num_layers"], "size": size, "image_tokens": (latent // 2) ** 2,
-        "text_tokens": POSITIVE_TOKENS, "negative_tokens": neg_tokens, "steps": steps, "repeats": repeats,
+        "model": model, "blocks": config[layers_key(model)], "size": size, "image_tokens": (size // 16) ** 2,
+        "text_tokens": n_text, "negative_tokens": neg_tokens, "steps": steps, "repeats": repeats,
         "device": _device_name(device), "dtype": str(torch_dtype).removeprefix("torch."),
         "attention_backend": getattr(attention_lse, "backend", None), "versions": _versions(), "rows": rows,
     }
+
+
+def _reduced(model: str, blocks: int | None) -> dict:
+    """The model's config with `blocks` main blocks; Z-Image's refiners shrink in proportion, to one at least,
+    so that the refiners (which guidance leaves alone) weigh about what they weigh in the full model."""
+    config = dict(CONFIGS[model])
+    if not blocks:
+        return config
+    key = layers_key(model)
+    if "dual_attention_layers" in config:
+        config["dual_attention_layers"] = tuple(i for i in config["dual_attention_layers"] if i < blocks)
+    if "n_refiner_layers" in config:
+        config["n_refiner_layers"] = max(1, round(config["n_refiner_layers"] * blocks / config[key]))
+    return {**config, key: blocks}
+
+
+def _transformer_class(family: str):
+    import diffusers
+
+    return {"sd3": diffusers.SD3Transformer2DModel, "zimage": diffusers.ZImageTransformer2DModel}[family]
+
+
+def _text_width(family: str, config: dict) -> int:
+    return config["cap_feat_dim"] if family == "zimage" else config["joint_attention_dim"]
+
+
+def _inputs(family: str, size: int, randn, n_text: int, width: int, device) -> dict:
+    """One denoiser call's inputs for a batch of one, as the family's pipeline makes them (8x VAE, 16 channels)."""
+    import torch
+
+    latent = size // 8
+    if family == "zimage":  # one (channels, frames, h, w) latent and one caption per item, in lists
+        return dict(x=[randn(16, 1, latent, latent)], t=torch.tensor([0.5], device=device), cap_feats=[randn(n_text, width)])
+    return dict(hidden_states=randn(1, 16, latent, latent), encoder_hidden_states=randn(1, n_text, width),
+                pooled_projections=randn(1, 2048), timestep=torch.tensor([500.0], device=device))
 
 
 def attention_only(image_tokens: int = 4096, heads: int = 38, neg_tokens: int = 8, repeats: int = 5,
@@ -138,7 +187,7 @@ def attention_only(image_tokens: int = 4096, heads: int = 38, neg_tokens: int = 
     def group(n):
         return tuple(torch.randn(1, heads, n, 64, generator=gen).to(device, torch_dtype) for _ in range(3))
 
-    image, positive, negative = group(image_tokens), group(POSITIVE_TOKENS), group(neg_tokens)
+    image, positive, negative = group(image_tokens), group(POSITIVE_TOKENS["sd3"]), group(neg_tokens)
     calls = {
         "none": lambda: torch.nn.functional.scaled_dot_product_attention(
             *(torch.cat([a, b], 2) for a, b in zip(image, positive))),
@@ -245,16 +294,15 @@ MAX_WARMUP = 100
 
 
 def check_options(model: str, blocks: int | None, size: int, neg_tokens: int, repeats: int, warmup: int,
-                  methods: str) -> tuple[str, ...]:
+                  methods: str | None) -> tuple[str, ...]:
     """Refuse out-of-range options with one line before anything heavy is imported; returns the method tuple."""
     from vsf_cli.errors import UsageError
 
     if model not in CONFIGS:
         raise UsageError(f"--model {model!r}: choose from {', '.join(CONFIGS)}")
-    layers, positions = CONFIGS[model]["num_layers"], CONFIGS[model]["pos_embed_max_size"]
+    layers, largest = CONFIGS[model][layers_key(model)], max_size(model)
     if blocks is not None and not 1 <= blocks <= layers:
         raise UsageError(f"--blocks {blocks}: {model} has 1 to {layers} blocks")
-    largest = positions * 16  # 8x VAE downsampling, 2x2 patches, at most pos_embed_max_size patches a side
     if not 16 <= size <= largest or size % 16:
         raise UsageError(f"--size {size}: a multiple of 16 from 16 to {largest} for {model}")
     if not 1 <= neg_tokens <= MAX_NEG_TOKENS:
@@ -263,15 +311,20 @@ def check_options(model: str, blocks: int | None, size: int, neg_tokens: int, re
         raise UsageError(f"--repeats {repeats}: 1 to {MAX_REPEATS}")
     if not 0 <= warmup <= MAX_WARMUP:
         raise UsageError(f"--warmup {warmup}: 0 to {MAX_WARMUP}")
+    offered = SHAPE_METHODS[FAMILIES[model]]
+    if methods is None:
+        return offered
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
     unknown = [m for m in chosen if m not in METHODS]
     if unknown or not chosen:
         raise UsageError(f"--methods {methods!r}: a comma-separated subset of {','.join(METHODS)}")
+    if any(m not in offered for m in chosen):
+        raise UsageError(f"--methods {methods!r}: {model} takes {','.join(offered)}")
     return chosen
 
 
 def benchmark(model: str = "sd35-large", *, blocks: int | None = None, size: int = 1024, neg_tokens: int = 8,
-              repeats: int = 5, warmup: int = 1, methods: str = ",".join(METHODS), device: str = "auto",
+              repeats: int = 5, warmup: int = 1, methods: str | None = None, device: str = "auto",
               dtype: str = "auto", attention: bool = False) -> dict:
     """The whole benchmark behind both command lines: per-step rows, the cold start and, optionally, single calls."""
     chosen = check_options(model, blocks, size, neg_tokens, repeats, warmup, methods)
@@ -305,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--neg-tokens", type=int, default=8, help=f"unpadded negative length (VSF), 1-{MAX_NEG_TOKENS}")
     parser.add_argument("--repeats", type=int, default=5, help=f"timed rounds, 1-{MAX_REPEATS}")
     parser.add_argument("--warmup", type=int, default=1, help=f"untimed rounds first, 0-{MAX_WARMUP}")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--methods", help="comma-separated subset of " + ",".join(METHODS) + " (default: all the model takes)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--attention", action="store_true",
