@@ -36,7 +36,7 @@ def padded(n):
 
 @torch.no_grad()
 def prompt_states(pipe, text):
-    """docs/method.md §9 written out: the chat-templated text, Qwen3's second-to-last layer, no padding tokens."""
+    """docs/method.md §11 written out: the chat-templated text, Qwen3's second-to-last layer, no padding tokens."""
     chat = pipe.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                               add_generation_prompt=True, enable_thinking=True)
     ids = pipe.tokenizer(chat, return_tensors="pt").input_ids

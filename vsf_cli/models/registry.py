@@ -92,7 +92,7 @@ _SPECS: tuple[ModelSpec, ...] = (
         "the authors report it follows negatives less well than schnell",
     ),
     # Z-Image-Turbo: the model card's 9 steps (8 transformer calls) at 1024 px and guidance 0. VSF's numbers are
-    # SD3's, untested on real weights (docs/method.md §9).
+    # SD3's, untested on real weights (docs/method.md §11).
     ModelSpec(
         alias="zimage-turbo", family="zimage", hub_id="Tongyi-MAI/Z-Image-Turbo", gated=False, steps=9,
         width=1024, height=1024, scale=3.5, offset=0.1, guidance_scale=0.0, max_sequence_length=512,

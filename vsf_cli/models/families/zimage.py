@@ -1,6 +1,6 @@
 """Z-Image: one single-stream attention over [image, caption]; Qwen3 negatives refined alone and carried beside.
 
-Layout (docs/method.md §9). The model pads the caption to a multiple of 32 with a learned pad token and starts the
+Layout (docs/method.md §11). The model pads the caption to a multiple of 32 with a learned pad token and starts the
 image's rotary positions after the padded caption, so a negative appended to the caption would move both. Instead:
 - the negative is encoded as the pipeline encodes a prompt (chat template, Qwen3's second-to-last layer, no
   tokenizer padding) and refined by the two text-only `context_refiner` blocks on its own, exactly as that text
