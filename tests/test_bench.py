@@ -131,7 +131,8 @@ def test_vsf_bench_help_names_what_the_module_offers():
     assert result.stdout.count("(default: ") == 11
     layers = {m: bench.CONFIGS[m][bench.layers_key(m)] for m in bench.CONFIGS}
     text = " ".join(result.stdout.replace("│", " ").split())
-    assert f"1 to {layers['sd35-large']} (sd35-medium: {layers['sd35-medium']}, zimage-turbo: {layers['zimage-turbo']})" in text
+    assert (f"1 to {layers['sd35-large']} (sd35-medium: {layers['sd35-medium']}, "
+            f"zimage-turbo: {layers['zimage-turbo']})") in text
     assert (f"up to {bench.max_size('sd35-large')} (sd35-medium: {bench.max_size('sd35-medium')}, zimage-turbo: "
             f"{bench.max_size('zimage-turbo')})") in text
     assert ", ".join(bench.CONFIGS) in text.replace(" or ", ", ")

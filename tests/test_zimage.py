@@ -62,7 +62,7 @@ def refined_alone(pipe, text):
 
 
 def rotate(x, freqs):
-    """Rotary embedding as complex multiplication of channel pairs; x (batch, tokens, heads, d), freqs (batch, tokens, d/2)."""
+    """Rotary embedding as complex products of channel pairs; x (batch, tokens, heads, d), freqs (batch, tokens, d/2)."""
     pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2).contiguous())
     return torch.view_as_real(pairs * freqs[:, :, None].to(pairs.dtype)).flatten(3)
 
@@ -152,7 +152,8 @@ def with_oracle(pipe, negatives, processor, run, keep_pads=False):
         if module is t.layers[0]:
             layout["n"] = n
             processor.n_pos, processor.n_img = layout["n_pos"], n - layout["n_pos"]
-            x = torch.cat([x, torch.stack([torch.cat([h, h.new_zeros(m - len(h), h.shape[1])]) for h, _ in refined])], 1)
+            negative = [torch.cat([h, h.new_zeros(m - len(h), h.shape[1])]) for h, _ in refined]
+            x = torch.cat([x, torch.stack(negative)], 1)
         else:
             n -= m
         stock_valid = torch.ones(b, n, dtype=torch.bool) if mask is None else mask
@@ -364,6 +365,7 @@ def test_registry_entry():
     from vsf_cli.models.registry import resolve
 
     turbo = resolve("zimage-turbo")
-    assert (turbo.family, turbo.hub_id, turbo.steps, turbo.guidance_scale) == ("zimage", "Tongyi-MAI/Z-Image-Turbo", 9, 0.0)
+    assert (turbo.family, turbo.hub_id, turbo.steps) == ("zimage", "Tongyi-MAI/Z-Image-Turbo", 9)
+    assert turbo.guidance_scale == 0.0
     assert (turbo.width, turbo.height, turbo.distilled) == (1024, 1024, True)
     assert resolve("someone/Z-Image-Turbo-finetune").family == "zimage"

@@ -176,7 +176,7 @@ QWEN_CHAT_TEMPLATE = (  # the shape of Qwen3's template: role turns, then the as
 
 
 def byte_qwen_tokenizer():
-    """A byte-level Qwen2 tokenizer (what Qwen3 uses) built in memory: every byte a token, no merges, a chat template."""
+    """A byte-level Qwen2 tokenizer (Qwen3 uses it) built in memory: every byte a token, no merges, a chat template."""
     from transformers import Qwen2Tokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
