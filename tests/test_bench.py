@@ -31,6 +31,36 @@ def test_bench_runs_the_zimage_shape(capsys, monkeypatch):
     assert [r["method"] for r in result["rows"]] == ["none", "vsf", "nag", "nasa", "cfg"]
 
 
+@pytest.mark.parametrize("blocks, split", [(2, "1 double + 1 single"), (5, "1 double + 4 single")])
+def test_bench_runs_the_flux2_klein_shape(capsys, monkeypatch, blocks, split):
+    """--blocks splits as the model's 5 double to 20 single; CFG runs klein's two passes one after the other."""
+    calls = []
+    monkeypatch.setattr(bench, "cold_start", lambda repeats=5: 0.123)
+    monkeypatch.setitem(bench.CONFIGS, "flux2-klein-4b", {**bench.CONFIGS["flux2-klein-4b"], "num_attention_heads": 2,
+                                                          "attention_head_dim": 16, "axes_dims_rope": (4, 4, 4, 4),
+                                                          "joint_attention_dim": 32, "timestep_guidance_channels": 32})
+    real = bench._transformer_class
+
+    def counted(family):
+        model = real(family)
+
+        class Counted(model):
+            def forward(self, *args, **kwargs):
+                calls.append(kwargs["encoder_hidden_states"].shape[:2])
+                return super().forward(*args, **kwargs)
+        return Counted
+
+    monkeypatch.setattr(bench, "_transformer_class", counted)
+    bench.main(["--model", "flux2-klein-4b", "--blocks", str(blocks), "--size", "64", "--repeats", "1", "--warmup",
+                "0", "--methods", "none,vsf,nag,cfg", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert (result["blocks"], result["blocks_split"], result["image_tokens"], result["text_tokens"]) == (blocks, split, 16, 512)
+    assert [r["method"] for r in result["rows"]] == ["none", "vsf", "nag", "cfg"]
+    # batch and text tokens per call: none, vsf (+ 8 negative), nag (+ 512 padded), cfg (two calls of one)
+    assert calls == [(1, 512), (1, 512 + 8), (1, 512 + 512), (1, 512), (1, 512)]
+    assert f"{blocks} blocks ({split})" in bench.table(result)
+
+
 def test_cold_start_fails_when_the_cli_fails(monkeypatch):
     import subprocess
 
@@ -129,12 +159,12 @@ def test_vsf_bench_help_names_what_the_module_offers():
                    "--dtype", "--attention", "--json"):
         assert option in result.stdout
     assert result.stdout.count("(default: ") == 11
-    layers = {m: bench.CONFIGS[m][bench.layers_key(m)] for m in bench.CONFIGS}
+    layers = {m: bench.blocks_in(m, bench.CONFIGS[m]) for m in bench.CONFIGS}
     text = " ".join(result.stdout.replace("│", " ").split())
-    assert (f"1 to {layers['sd35-large']} (sd35-medium: {layers['sd35-medium']}, "
-            f"zimage-turbo: {layers['zimage-turbo']})") in text
+    assert (f"1 to {layers['sd35-large']} (sd35-medium: {layers['sd35-medium']}, zimage-turbo: "
+            f"{layers['zimage-turbo']}, flux2-klein-4b: {layers['flux2-klein-4b']}, split 1 double to 4 single)") in text
     assert (f"up to {bench.max_size('sd35-large')} (sd35-medium: {bench.max_size('sd35-medium')}, zimage-turbo: "
-            f"{bench.max_size('zimage-turbo')})") in text
+            f"{bench.max_size('zimage-turbo')}, flux2-klein-4b: {bench.max_size('flux2-klein-4b')})") in text
     assert ", ".join(bench.CONFIGS) in text.replace(" or ", ", ")
 
 

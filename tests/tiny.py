@@ -218,3 +218,89 @@ def build_zimage(path: Path, *, seed: int = 0) -> Path:
                           tokenizer=tokenizer, transformer=transformer)
     pipe.save_pretrained(path)
     return Path(path)
+
+
+def _flux2_parts(seed: int, text_width: int, guidance: bool):
+    """A tiny Flux2Transformer2DModel (2 double- and 2 single-stream blocks, 4-axis RoPE) and a 2-block Flux.2 VAE."""
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=text_width, timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
+        guidance_embeds=guidance,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLFlux2(down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                             block_out_channels=[8, 8], layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                             sample_size=32)
+    with torch.no_grad():  # latent statistics other than (0, 1) show that the pipeline's normalisation runs
+        vae.bn.running_mean.normal_(0, 0.1)
+        vae.bn.running_var.uniform_(0.5, 1.5)
+    return transformer, vae
+
+
+def build_flux2_klein(path: Path, *, seed: int = 0, distilled: bool = True) -> Path:
+    """Save a tiny random Flux2KleinPipeline (a 27-layer Qwen3 text encoder, whose layers 9, 18, 27 it stacks).
+
+    `distilled` is model_index.json's is_distilled: True ignores guidance_scale > 1, False runs CFG as klein base.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = byte_qwen_tokenizer()
+    torch.manual_seed(seed + 1)
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=27, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
+    )).eval()
+    transformer, vae = _flux2_parts(seed + 2, 3 * 16, guidance=False)
+    pipe = Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                              tokenizer=tokenizer, transformer=transformer, is_distilled=distilled)
+    pipe.save_pretrained(path)
+    return Path(path)
+
+
+MISTRAL_CHAT_TEMPLATE = (  # the shape of Mistral Small 3's template for text: system prompt, then [INST] turns
+    "{{ bos_token }}{% for m in messages %}{% for c in m['content'] %}"
+    "{% if m['role'] == 'system' %}[SYSTEM_PROMPT]{{ c['text'] }}[/SYSTEM_PROMPT]"
+    "{% else %}[INST]{{ c['text'] }}[/INST]{% endif %}{% endfor %}{% endfor %}"
+)
+
+
+def byte_mistral_tokenizer():
+    """A byte-level tokenizer with Mistral's special tokens and a text chat template (FLUX.2 dev's processor
+    wraps a tokenizer like it; the processor itself needs torchvision, which the tests do without)."""
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]"]
+    for special in specials:
+        vocab[special] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                               pad_token="<pad>", additional_special_tokens=specials[4:])
+    tokenizer.chat_template = MISTRAL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_flux2_dev(path: Path, *, seed: int = 0) -> Path:
+    """Save a tiny random Flux2Pipeline: a Mistral3ForConditionalGeneration with 30 text layers (it stacks 10, 20,
+    30) and a one-layer vision tower, and a transformer with the guidance embedding."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig
+
+    tokenizer = byte_mistral_tokenizer()
+    torch.manual_seed(seed + 1)
+    text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
+        text_config=MistralConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=30,
+                                  num_attention_heads=2, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024),
+        vision_config=PixtralVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                          image_size=32, patch_size=16, head_dim=8),
+        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"), spatial_merge_size=1,
+    )).eval()
+    transformer, vae = _flux2_parts(seed + 2, 3 * 16, guidance=True)
+    pipe = Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                         tokenizer=tokenizer, transformer=transformer)
+    pipe.save_pretrained(path)
+    return Path(path)

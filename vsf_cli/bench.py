@@ -22,22 +22,37 @@ CONFIGS = {
     "zimage-turbo": dict(n_layers=30, n_refiner_layers=2, dim=3840, n_heads=30, n_kv_heads=30, cap_feat_dim=2560,
                          in_channels=16, all_patch_size=(2,), all_f_patch_size=(1,), axes_dims=[32, 48, 48],
                          axes_lens=[1024, 512, 512], rope_theta=256.0, t_scale=1000.0, qk_norm=True),
+    "flux2-klein-4b": dict(num_layers=5, num_single_layers=20, num_attention_heads=24, attention_head_dim=128,
+                           joint_attention_dim=7680, in_channels=128, patch_size=1, mlp_ratio=3.0,
+                           timestep_guidance_channels=256, axes_dims_rope=(32, 32, 32, 32), rope_theta=2000,
+                           guidance_embeds=False),
 }
-FAMILIES = {"sd35-large": "sd3", "sd35-medium": "sd3", "zimage-turbo": "zimage"}
+FAMILIES = {"sd35-large": "sd3", "sd35-medium": "sd3", "zimage-turbo": "zimage", "flux2-klein-4b": "flux2_klein"}
 METHODS = ("none", "vsf", "vsf-dense", "vsf-compat", "nag", "nasa", "cfg")
 # The positive's tokens in the sequence: SD3's CLIP 77 + T5 256; a Z-Image caption of 50 to 64 tokens, padded to 64
-# (it keeps no tokenizer padding).
-POSITIVE_TOKENS = {"sd3": 77 + 256, "zimage": 64}
-SHAPE_METHODS = {"sd3": METHODS, "zimage": ("none", "vsf", "nag", "nasa", "cfg")}  # compat=reference is SD3's
+# (it keeps no tokenizer padding); FLUX.2's Qwen3 prompt, padded to 512 and unmasked.
+POSITIVE_TOKENS = {"sd3": 77 + 256, "zimage": 64, "flux2_klein": 512}
+SHAPE_METHODS = {"sd3": METHODS, "zimage": ("none", "vsf", "nag", "nasa", "cfg"),  # compat=reference is SD3's
+                 "flux2_klein": METHODS}
+FLUX2_MAX_SIZE = 4096  # FLUX.2's rotary positions have no table; this caps the shape at 65,536 image tokens
 
 
 def layers_key(model: str) -> str:
     return "n_layers" if FAMILIES[model] == "zimage" else "num_layers"
 
 
+def blocks_in(model: str, config: dict) -> int:
+    """The main blocks of a config: SD3's and Z-Image's layers, FLUX.2's double- plus single-stream blocks."""
+    if FAMILIES[model] == "flux2_klein":
+        return config["num_layers"] + config["num_single_layers"]
+    return config[layers_key(model)]
+
+
 def max_size(model: str) -> int:
     """The largest image side the shape takes: SD3's position table, Z-Image's rotary table (512 patches a side)."""
     config = CONFIGS[model]
+    if FAMILIES[model] == "flux2_klein":
+        return FLUX2_MAX_SIZE
     return 16 * (config["axes_lens"][1] if "axes_lens" in config else config["pos_embed_max_size"])
 
 
@@ -87,6 +102,8 @@ def run(model: str = "sd35-large", *, blocks: int | None = None, size: int = 102
         return dataclasses.replace(family, encode_negative=lambda pipe, text, padded: randn(1, n, width))
 
     def step(method):
+        if method == "cfg" and family.cfg_separate_pass:  # the pipeline runs the unconditional pass as its own call
+            return lambda: (transformer(**inputs), transformer(**inputs))
         kwargs = cfg_inputs if method == "cfg" else inputs
         if method in ("none", "cfg"):
             return lambda: transformer(**kwargs)
@@ -128,8 +145,10 @@ def run(model: str = "sd35-large", *, blocks: int | None = None, size: int = 102
                      "peak_mib": round(peak[method], 1) if method in peak else None})
     from vsf_cli.guidance.attention import attention_lse
 
+    split = ({"blocks_split": f"{config['num_layers']} double + {config['num_single_layers']} single"}
+             if family.name == "flux2_klein" else {})
     return {
-        "model": model, "blocks": config[layers_key(model)], "size": size, "image_tokens": (size // 16) ** 2,
+        "model": model, "blocks": blocks_in(model, config), **split, "size": size, "image_tokens": (size // 16) ** 2,
         "text_tokens": n_text, "negative_tokens": neg_tokens, "steps": steps, "repeats": repeats,
         "device": _device_name(device), "dtype": str(torch_dtype).removeprefix("torch."),
         "attention_backend": getattr(attention_lse, "backend", None), "versions": _versions(), "rows": rows,
@@ -138,10 +157,14 @@ def run(model: str = "sd35-large", *, blocks: int | None = None, size: int = 102
 
 def _reduced(model: str, blocks: int | None) -> dict:
     """The model's config with `blocks` main blocks; Z-Image's refiners shrink in proportion, to one at least,
-    so that the refiners (which guidance leaves alone) weigh about what they weigh in the full model."""
+    so that the refiners (which guidance leaves alone) weigh about what they weigh in the full model. FLUX.2's
+    blocks split as the model's 5 double to 20 single, with one double block at least: 5 is 1 + 4, 2 is 1 + 1."""
     config = dict(CONFIGS[model])
     if not blocks:
         return config
+    if FAMILIES[model] == "flux2_klein":
+        double = max(1, round(blocks * config["num_layers"] / blocks_in(model, config)))
+        return {**config, "num_layers": double, "num_single_layers": blocks - double}
     key = layers_key(model)
     if "dual_attention_layers" in config:
         config["dual_attention_layers"] = tuple(i for i in config["dual_attention_layers"] if i < blocks)
@@ -153,7 +176,8 @@ def _reduced(model: str, blocks: int | None) -> dict:
 def _transformer_class(family: str):
     import diffusers
 
-    return {"sd3": diffusers.SD3Transformer2DModel, "zimage": diffusers.ZImageTransformer2DModel}[family]
+    return {"sd3": diffusers.SD3Transformer2DModel, "zimage": diffusers.ZImageTransformer2DModel,
+            "flux2_klein": diffusers.Flux2Transformer2DModel}[family]
 
 
 def _text_width(family: str, config: dict) -> int:
@@ -167,6 +191,13 @@ def _inputs(family: str, size: int, randn, n_text: int, width: int, device) -> d
     latent = size // 8
     if family == "zimage":  # one (channels, frames, h, w) latent and one caption per item, in lists
         return dict(x=[randn(16, 1, latent, latent)], t=torch.tensor([0.5], device=device), cap_feats=[randn(n_text, width)])
+    if family == "flux2_klein":  # 32 latent channels patchified 2x2 into 128, with (t, h, w, l) and (0, 0, 0, k) ids
+        side = size // 16
+        image_ids = torch.cartesian_prod(torch.arange(1), torch.arange(side), torch.arange(side), torch.arange(1))
+        text_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(n_text))
+        return dict(hidden_states=randn(1, side * side, 128), encoder_hidden_states=randn(1, n_text, width),
+                    timestep=torch.tensor([0.5], device=device), img_ids=image_ids[None].to(device),
+                    txt_ids=text_ids[None].to(device))
     return dict(hidden_states=randn(1, 16, latent, latent), encoder_hidden_states=randn(1, n_text, width),
                 pooled_projections=randn(1, 2048), timestep=torch.tensor([500.0], device=device))
 
@@ -276,7 +307,8 @@ def _versions() -> dict:
 
 def table(result: dict) -> str:
     """A markdown table of one run, with the setup written next to the numbers."""
-    lines = [f"{result['model']}, {result['blocks']} blocks, {result['size']}² ({result['image_tokens']} image + "
+    split = f" ({result['blocks_split']})" if "blocks_split" in result else ""
+    lines = [f"{result['model']}, {result['blocks']} blocks{split}, {result['size']}² ({result['image_tokens']} image + "
              f"{result['text_tokens']} text + {result['negative_tokens']} negative tokens), {result['dtype']} on "
              f"{result['device']}, attention with lse: {result['attention_backend']}; "
              + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
@@ -300,7 +332,7 @@ def check_options(model: str, blocks: int | None, size: int, neg_tokens: int, re
 
     if model not in CONFIGS:
         raise UsageError(f"--model {model!r}: choose from {', '.join(CONFIGS)}")
-    layers, largest = CONFIGS[model][layers_key(model)], max_size(model)
+    layers, largest = blocks_in(model, CONFIGS[model]), max_size(model)
     if blocks is not None and not 1 <= blocks <= layers:
         raise UsageError(f"--blocks {blocks}: {model} has 1 to {layers} blocks")
     if not 16 <= size <= largest or size % 16:

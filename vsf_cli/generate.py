@@ -53,7 +53,9 @@ class Renderer:
             with quiet_libraries():
                 self.siblings[kind] = sibling.from_pipe(self.pipe)
             self.siblings[kind].set_progress_bar_config(disable=True)
-        inputs = {"image": fitted(settings["image"], *size, "RGB"), "strength": settings["strength"], "output_type": "np"}
+        inputs = {"image": fitted(settings["image"], *size, "RGB"), "output_type": "np"}
+        if settings["strength"] is not None:  # None: the family conditions on the image (FLUX.2)
+            inputs["strength"] = settings["strength"]
         if settings["mask"]:
             inputs["mask_image"] = fitted(settings["mask"], *size, "L")
         return self.siblings[kind], inputs

@@ -49,7 +49,7 @@ class GenSettings(_Guided):
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="None until the CLI picks a random seed")
     guidance_scale: float = Field(0.0, ge=0.0, le=GUIDANCE_MAX, description=(
         "the pipeline's guidance_scale: CFG on SD3 and Wan (on SD3 vsf, nag and nasa need <= 1; on Wan > 1 adds an "
-        "unguided pass per step, and guidance steers the conditional one), Flux dev's distilled guidance"))
+        "unguided pass per step, and guidance steers the conditional one), Flux and FLUX.2 dev's distilled guidance"))
     max_sequence_length: int = Field(256, ge=1, le=512)
     image: str | None = Field(None, description="input image for image-to-image or inpainting")
     image_sha256: str | None = None
@@ -132,6 +132,8 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None, v
     for source in settings["lora"]:
         check_lora(source)
     method = settings["method"]
+    if method == "cfg" and family.cfg_refused:
+        raise UsageError(family.cfg_refused)
     guidance_is_cfg = family.cfg_argument == "guidance_scale"
     batched_cfg = guidance_is_cfg and not family.cfg_separate_pass
     if batched_cfg and method not in ("none", "cfg") and settings["guidance_scale"] > family.cfg_off_at:
@@ -198,7 +200,14 @@ def _image_inputs(merged: dict, warn: Callable[[str], None], spec, family) -> di
             warn(f"{merged[key]} changed since the replayed image was made (its sha256 differs)")
     if family.video:
         return _first_frame(merged, image, spec) | {"image_sha256": sha256(merged["image"])}
+    if merged.get("mask") and "inpaint" not in family.pipelines:
+        raise UsageError(f"{family.label} has no inpainting pipeline in diffusers; drop --mask")
     values = {"image_sha256": sha256(merged["image"]), "strength": merged.get("strength", DEFAULT_STRENGTH)}
+    if not merged.get("mask") and not family.img2img_strength:  # the image is a reference the model edits from
+        if merged.get("strength") is not None:
+            raise UsageError(f"--strength: {family.label} conditions on --image instead of repainting a noised copy; "
+                             "drop --strength, or add --mask to inpaint")
+        values["strength"] = None
     if "width" not in merged and "height" not in merged:
         multiple = family.size_multiple
         width, height = (side // multiple * multiple for side in image.size)

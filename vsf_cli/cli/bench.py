@@ -13,9 +13,9 @@ _METHODS = "none,vsf,vsf-dense,vsf-compat,nag,nasa,cfg"
 
 @app.command("bench")
 def bench_command(
-    model: str = typer.Option("sd35-large", "--model", show_default=False, help="Transformer shape: sd35-large, sd35-medium or zimage-turbo, random weights. (default: sd35-large)"),
-    blocks: int = typer.Option(None, "--blocks", show_default=False, help="Keep the first N blocks, 1 to 38 (sd35-medium: 24, zimage-turbo: 30); 2-4 on a CPU. (default: all)"),
-    size: int = typer.Option(1024, "--size", show_default=False, help="Image side in pixels, a multiple of 16 up to 3072 (sd35-medium: 6144, zimage-turbo: 8192); 512 on a CPU. (default: 1024)"),
+    model: str = typer.Option("sd35-large", "--model", show_default=False, help="Transformer shape: sd35-large, sd35-medium, zimage-turbo or flux2-klein-4b, random weights. (default: sd35-large)"),
+    blocks: int = typer.Option(None, "--blocks", show_default=False, help="Keep the first N blocks, 1 to 38 (sd35-medium: 24, zimage-turbo: 30, flux2-klein-4b: 25, split 1 double to 4 single); 2-5 on a CPU. (default: all)"),
+    size: int = typer.Option(1024, "--size", show_default=False, help="Image side in pixels, a multiple of 16 up to 3072 (sd35-medium: 6144, zimage-turbo: 8192, flux2-klein-4b: 4096); 512 on a CPU. (default: 1024)"),
     neg_tokens: int = typer.Option(8, "--neg-tokens", show_default=False, help="Length of the unpadded negative (VSF), 1 to 512 tokens. (default: 8)"),
     repeats: int = typer.Option(5, "--repeats", show_default=False, help="Timed rounds per method, 1 to 1000; the median is reported. (default: 5)"),
     warmup: int = typer.Option(1, "--warmup", show_default=False, help="Untimed rounds before them, 0 to 100. (default: 1)"),

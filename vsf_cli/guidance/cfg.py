@@ -2,6 +2,7 @@
 
 from pydantic import Field
 
+from vsf_cli.errors import UsageError
 from vsf_cli.guidance.base import Method
 
 
@@ -12,7 +13,11 @@ class CFG(Method):
 
     def install(self, pipe, negatives: list[str]):
         from vsf_cli.guidance.install import Installation
+        from vsf_cli.models import families
 
+        refused = families.of(pipe).cfg_refused
+        if refused:
+            raise UsageError(refused)
         return Installation()  # nothing to patch: the pipeline does CFG itself
 
     def call_kwargs(self, pipe, negatives: list[str]) -> dict:

@@ -91,6 +91,27 @@ _SPECS: tuple[ModelSpec, ...] = (
         distilled=True, note="guidance-distilled: guidance_scale 3.5 feeds its guidance embedding (not CFG); "
         "the authors report it follows negatives less well than schnell",
     ),
+    # FLUX.2: steps, size and guidance from the model cards (klein: 4 steps, 1024², guidance 1.0; dev: 50 steps,
+    # guidance 4), which match the pipelines' defaults (512 text tokens, guidance 4.0 on dev). VSF's alpha and beta
+    # are Flux.1's starting point, untested on FLUX.2's weights (docs/method.md §13).
+    ModelSpec(
+        alias="flux2-klein-4b", family="flux2_klein", hub_id="black-forest-labs/FLUX.2-klein-4B", gated=False,
+        steps=4, width=1024, height=1024, scale=3.5, offset=0.1, guidance_scale=1.0, max_sequence_length=512,
+        distilled=True, note="Apache-2.0; step-distilled, 4 steps, the pipeline ignores guidance; VSF numbers are "
+        "Flux.1's, untested",
+    ),
+    ModelSpec(
+        alias="flux2-klein-9b", family="flux2_klein", hub_id="black-forest-labs/FLUX.2-klein-9B", gated=True,
+        steps=4, width=1024, height=1024, scale=3.5, offset=0.1, guidance_scale=1.0, max_sequence_length=512,
+        distilled=True, note="FLUX Non-Commercial License (gated): non-commercial use only; step-distilled, 4 "
+        "steps; VSF numbers are Flux.1's, untested",
+    ),
+    ModelSpec(
+        alias="flux2-dev", family="flux2_dev", hub_id="black-forest-labs/FLUX.2-dev", gated=True,
+        steps=50, width=1024, height=1024, scale=3.5, offset=0.1, guidance_scale=4.0, max_sequence_length=512,
+        distilled=True, note="FLUX Non-Commercial License; guidance-distilled: guidance_scale 4 feeds its guidance "
+        "embedding (not CFG), kept as is; 50 steps (the card: 28 is a fair trade-off); VSF numbers untested",
+    ),
     # Z-Image-Turbo: the model card's 9 steps (8 transformer calls) at 1024 px and guidance 0. VSF's numbers are
     # SD3's, untested on real weights (docs/method.md §11).
     ModelSpec(

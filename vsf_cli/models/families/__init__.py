@@ -80,17 +80,19 @@ class Family:
     extend_kwargs: Callable[[dict, int], dict] = _unchanged  # give `added` text tokens their positions
     carrier: Carrier | None = None  # joint: carry the negative beside the blocks instead of in the call's text
     check_call: Callable[[Any], None] = _no_check  # refuse a pipeline state guidance cannot handle
-    cfg_argument: str = "guidance_scale"  # the pipeline argument that is classifier-free guidance
+    cfg_argument: str | None = "guidance_scale"  # the pipeline argument that is classifier-free guidance; None: none
     cfg_separate_pass: bool = True  # CFG's unconditional pass is its own forward (False: batched with the other)
     # The CFG argument's value that turns CFG off. At 1 it is the usual w (SD3); Z-Image computes
     # cond + g (cond - uncond), so its g is w - 1 and 0 is off. Method 'cfg' passes w - 1 + cfg_off_at.
     cfg_off_at: float = 1.0
+    cfg_refused: str = ""  # why method 'cfg' cannot run on the family's pipelines; "" when it can
     video: bool = False
     frame_step: int | None = None  # video: frame counts are 1 + k * frame_step
     frames_trained: int | None = None  # video: clip length the model was trained on; longer ones drift
     size_multiple: int = 16  # VAE factor x patch size
     vae_dtype: str | None = None  # the VAE runs in this dtype whatever the pipeline's
     inpaint_channels: tuple[int, ...] = ()  # transformer input channels the inpainting pipeline accepts; () = any
+    img2img_strength: bool = True  # img2img repaints a noised copy by `strength`; False: it conditions on the image
     tasks_loaded: tuple[str, ...] = ("text",)  # tasks loaded from disk; the others are built from a loaded pipeline
 
     def pipeline_class(self, task: str):
@@ -122,8 +124,10 @@ def by_pipeline_class(class_name: str) -> tuple[Family, str] | None:
 
 
 def by_hub_id(hub_id: str) -> Family | None:
+    """The family with the longest name piece in the hub id: "flux.2-klein" over "flux.2", and that over "flux"."""
     lowered = hub_id.lower()
-    return next((f for f in every() for piece in f.hub_names if piece in lowered), None)
+    found = [(len(piece), f.name) for f in every() for piece in f.hub_names if piece in lowered]
+    return get(max(found)[1]) if found else None
 
 
 def of(pipe) -> Family:
