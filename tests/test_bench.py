@@ -61,6 +61,17 @@ def test_bench_runs_the_flux2_klein_shape(capsys, monkeypatch, blocks, split):
     assert f"{blocks} blocks ({split})" in bench.table(result)
 
 
+def test_bench_runs_the_qwen_image_shape(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "cold_start", lambda repeats=5: 0.123)
+    monkeypatch.setitem(bench.CONFIGS, "qwen-image", {**bench.CONFIGS["qwen-image"], "num_attention_heads": 2,
+                                                      "attention_head_dim": 16, "axes_dims_rope": (4, 6, 6),
+                                                      "joint_attention_dim": 32})
+    bench.main(["--model", "qwen-image", "--blocks", "1", "--size", "64", "--repeats", "1", "--warmup", "0", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert (result["blocks"], result["image_tokens"], result["text_tokens"]) == (1, 16, 64)
+    assert [r["method"] for r in result["rows"]] == ["none", "vsf", "nag", "nasa", "cfg"]
+
+
 def test_cold_start_fails_when_the_cli_fails(monkeypatch):
     import subprocess
 
@@ -130,7 +141,8 @@ def test_vsf_bench_table(monkeypatch):
     (["--repeats", "0"], "--repeats 0: 1 to 1000"),
     (["--warmup", "-1"], "--warmup -1: 0 to 100"),
     (["--neg-tokens", "0"], "--neg-tokens 0: 1 to 512"),
-    (["--model", "flux"], "--model 'flux': choose from sd35-large, sd35-medium, zimage-turbo"),
+    (["--model", "flux"], "--model 'flux': choose from sd35-large, sd35-medium, zimage-turbo, qwen-image"),
+    (["--model", "qwen-image", "--blocks", "61"], "1 to 60 blocks"),
     (["--model", "zimage-turbo", "--methods", "none,vsf-compat"], "zimage-turbo takes none,vsf,nag,nasa,cfg"),
     (["--model", "zimage-turbo", "--blocks", "31"], "1 to 30 blocks"),
 ])
@@ -162,9 +174,11 @@ def test_vsf_bench_help_names_what_the_module_offers():
     layers = {m: bench.blocks_in(m, bench.CONFIGS[m]) for m in bench.CONFIGS}
     text = " ".join(result.stdout.replace("│", " ").split())
     assert (f"1 to {layers['sd35-large']} (sd35-medium: {layers['sd35-medium']}, zimage-turbo: "
-            f"{layers['zimage-turbo']}, flux2-klein-4b: {layers['flux2-klein-4b']}, split 1 double to 4 single)") in text
+            f"{layers['zimage-turbo']}, flux2-klein-4b: {layers['flux2-klein-4b']}, split 1 double to 4 single, "
+            f"qwen-image: {layers['qwen-image']})") in text
     assert (f"up to {bench.max_size('sd35-large')} (sd35-medium: {bench.max_size('sd35-medium')}, zimage-turbo: "
-            f"{bench.max_size('zimage-turbo')}, flux2-klein-4b: {bench.max_size('flux2-klein-4b')})") in text
+            f"{bench.max_size('zimage-turbo')}, flux2-klein-4b: {bench.max_size('flux2-klein-4b')}, qwen-image: "
+            f"{bench.max_size('qwen-image')})") in text
     assert ", ".join(bench.CONFIGS) in text.replace(" or ", ", ")
 
 

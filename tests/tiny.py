@@ -304,3 +304,111 @@ def build_flux2_dev(path: Path, *, seed: int = 0) -> Path:
                          tokenizer=tokenizer, transformer=transformer)
     pipe.save_pretrained(path)
     return Path(path)
+
+
+QWEN_VL_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                    "<|image_pad|>", "<|video_pad|>")
+
+
+def byte_qwen_vl_tokenizer():
+    """A byte-level Qwen2 tokenizer with Qwen2.5-VL's vision tokens, built in memory."""
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    for special in QWEN_VL_SPECIALS:
+        vocab[special] = len(vocab)
+    return Qwen2Tokenizer(vocab=vocab, merges=[], additional_special_tokens=list(QWEN_VL_SPECIALS[1:]))
+
+
+def _qwen_vl_encoder(seed: int, tokenizer):
+    """A tiny Qwen2.5-VL (2 text layers, 2 vision blocks) whose special ids are the tokenizer's."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"))}
+    torch.manual_seed(seed)
+    config = Qwen2_5_VLConfig(
+        text_config={"vocab_size": len(tokenizer), "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                     "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"), "hidden_size": 32,
+                     "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+                     "rope_scaling": {"mrope_section": [2, 2, 4], "rope_type": "default", "type": "default"}},
+        vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 32,
+                       "fullatt_block_indexes": [1]},
+        vocab_size=len(tokenizer), **ids,
+    )
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def _qwen_transformer_and_vae(seed: int, zero_cond_t: bool = False):
+    from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, axes_dims_rope=(4, 6, 6), zero_cond_t=zero_cond_t,
+    )
+    torch.manual_seed(seed + 1)
+    # Three downsamplings, 8x as the real VAE: the edit pipeline sizes its reference image to ~1024 x 1024.
+    vae = AutoencoderKLQwenImage(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                 temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    return transformer, vae
+
+
+def build_qwen_image(path: Path, *, seed: int = 0) -> Path:
+    """Save a tiny random QwenImagePipeline (2 double-stream blocks, a tiny Qwen2.5-VL encoder) to `path`."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+
+    tokenizer = byte_qwen_vl_tokenizer()
+    text_encoder = _qwen_vl_encoder(seed + 1, tokenizer)
+    transformer, vae = _qwen_transformer_and_vae(seed + 2)
+    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                             tokenizer=tokenizer, transformer=transformer)
+    pipe.save_pretrained(path)
+    return Path(path)
+
+
+def build_qwen_image_lora(model: Path, folder: Path) -> Path:
+    """Save a random rank-2 LoRA for the tiny Qwen-Image transformer at `model` (as Lightning's: attention and MLP
+    projections of both streams); returns the .safetensors file."""
+    from diffusers import QwenImagePipeline, QwenImageTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = QwenImageTransformer2DModel.from_pretrained(Path(model) / "transformer")
+    torch.manual_seed(0)
+    transformer.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights=False, target_modules=[
+        "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]))
+    QwenImagePipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer))
+    return Path(folder) / "pytorch_lora_weights.safetensors"
+
+
+def qwen_vl_processor(tokenizer):
+    """Qwen2.5-VL's processor for small images, built in memory.
+
+    transformers 5.24 checks every processor part's class, and without torchvision (which this project does not
+    need) even an absent video processor fails that check; the image processor and tokenizer are checked by type
+    below instead.
+    """
+    from unittest import mock
+
+    from transformers import Qwen2TokenizerFast, Qwen2VLImageProcessorPil, Qwen2VLProcessor
+
+    images = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56)
+    assert isinstance(tokenizer, Qwen2TokenizerFast | type(tokenizer)) and isinstance(images, Qwen2VLImageProcessorPil)
+    with mock.patch.object(Qwen2VLProcessor, "check_argument_for_proper_class", lambda self, name, arg: None):
+        return Qwen2VLProcessor(image_processor=images, tokenizer=tokenizer)
+
+
+def build_qwen_image_edit(*, seed: int = 0, zero_cond_t: bool = False):
+    """A tiny random QwenImageEditPlusPipeline in memory; `zero_cond_t` as Qwen-Image-Edit-2511."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline
+
+    tokenizer = byte_qwen_vl_tokenizer()
+    text_encoder = _qwen_vl_encoder(seed + 1, tokenizer)
+    transformer, vae = _qwen_transformer_and_vae(seed + 2, zero_cond_t)
+    return QwenImageEditPlusPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                                     tokenizer=tokenizer, processor=qwen_vl_processor(tokenizer),
+                                     transformer=transformer)

@@ -26,14 +26,18 @@ CONFIGS = {
                            joint_attention_dim=7680, in_channels=128, patch_size=1, mlp_ratio=3.0,
                            timestep_guidance_channels=256, axes_dims_rope=(32, 32, 32, 32), rope_theta=2000,
                            guidance_embeds=False),
+    "qwen-image": dict(num_layers=60, num_attention_heads=24, attention_head_dim=128, joint_attention_dim=3584,
+                       in_channels=64, out_channels=16, patch_size=2, axes_dims_rope=(16, 56, 56)),
 }
-FAMILIES = {"sd35-large": "sd3", "sd35-medium": "sd3", "zimage-turbo": "zimage", "flux2-klein-4b": "flux2_klein"}
+FAMILIES = {"sd35-large": "sd3", "sd35-medium": "sd3", "zimage-turbo": "zimage", "flux2-klein-4b": "flux2_klein",
+            "qwen-image": "qwenimage"}
 METHODS = ("none", "vsf", "vsf-dense", "vsf-compat", "nag", "nasa", "cfg")
 # The positive's tokens in the sequence: SD3's CLIP 77 + T5 256; a Z-Image caption of 50 to 64 tokens, padded to 64
-# (it keeps no tokenizer padding); FLUX.2's Qwen3 prompt, padded to 512 and unmasked.
-POSITIVE_TOKENS = {"sd3": 77 + 256, "zimage": 64, "flux2_klein": 512}
-SHAPE_METHODS = {"sd3": METHODS, "zimage": ("none", "vsf", "nag", "nasa", "cfg"),  # compat=reference is SD3's
-                 "flux2_klein": METHODS}
+# (it keeps no tokenizer padding); FLUX.2's Qwen3 prompt, padded to 512 and unmasked; a Qwen-Image prompt of 64
+# tokens (unpadded alone).
+POSITIVE_TOKENS = {"sd3": 77 + 256, "zimage": 64, "flux2_klein": 512, "qwenimage": 64}
+SINGLE = ("none", "vsf", "nag", "nasa", "cfg")  # compat=reference is SD3's
+SHAPE_METHODS = {"sd3": METHODS, "zimage": SINGLE, "flux2_klein": METHODS, "qwenimage": SINGLE}
 FLUX2_MAX_SIZE = 4096  # FLUX.2's rotary positions have no table; this caps the shape at 65,536 image tokens
 
 
@@ -49,10 +53,13 @@ def blocks_in(model: str, config: dict) -> int:
 
 
 def max_size(model: str) -> int:
-    """The largest image side the shape takes: SD3's position table, Z-Image's rotary table (512 patches a side)."""
+    """The largest image side the shape takes: SD3's position table, Z-Image's rotary table (512 patches a side),
+    Qwen-Image's (4096 rows: an image's positions are centred, and text up to 1024 tokens starts at half a side)."""
     config = CONFIGS[model]
     if FAMILIES[model] == "flux2_klein":
         return FLUX2_MAX_SIZE
+    if FAMILIES[model] == "qwenimage":
+        return 16 * 2 * (4096 - 1024)
     return 16 * (config["axes_lens"][1] if "axes_lens" in config else config["pos_embed_max_size"])
 
 
@@ -177,7 +184,7 @@ def _transformer_class(family: str):
     import diffusers
 
     return {"sd3": diffusers.SD3Transformer2DModel, "zimage": diffusers.ZImageTransformer2DModel,
-            "flux2_klein": diffusers.Flux2Transformer2DModel}[family]
+            "flux2_klein": diffusers.Flux2Transformer2DModel, "qwenimage": diffusers.QwenImageTransformer2DModel}[family]
 
 
 def _text_width(family: str, config: dict) -> int:
@@ -198,6 +205,10 @@ def _inputs(family: str, size: int, randn, n_text: int, width: int, device) -> d
         return dict(hidden_states=randn(1, side * side, 128), encoder_hidden_states=randn(1, n_text, width),
                     timestep=torch.tensor([0.5], device=device), img_ids=image_ids[None].to(device),
                     txt_ids=text_ids[None].to(device))
+    if family == "qwenimage":  # 2x2 patches packed into 64 channels; one prompt alone, so no text mask
+        side = latent // 2
+        return dict(hidden_states=randn(1, side * side, 64), encoder_hidden_states=randn(1, n_text, width),
+                    timestep=torch.tensor([0.5], device=device), img_shapes=[[(1, side, side)]])
     return dict(hidden_states=randn(1, 16, latent, latent), encoder_hidden_states=randn(1, n_text, width),
                 pooled_projections=randn(1, 2048), timestep=torch.tensor([500.0], device=device))
 

@@ -30,6 +30,7 @@ class Renderer:
             self.pipe = load_pipeline(spec, dtype=settings["dtype"], device=settings["device"],
                                       offload=settings["offload"], loras=settings["lora"], offline=offline, warn=warn)
         self.family = families.get(spec.family)
+        self.task = spec.task
         device = resolve_device(settings["device"])
         self.resolved = {"device": device, "dtype": resolve_dtype(settings["dtype"], device)}
         self.siblings: dict = {}
@@ -45,6 +46,8 @@ class Renderer:
             return self.pipe, inputs | ({"image": fitted(settings["image"], *size, "RGB")} if settings["image"] else {})
         if not settings["image"]:
             return self.pipe, {"output_type": "np"}
+        if self.task == "edit":  # the loaded pipeline edits its input image
+            return self.pipe, {"image": fitted(settings["image"], *size, "RGB"), "output_type": "np"}
         kind = "inpaint" if settings["mask"] else "img2img"
         if kind not in self.siblings:
             from vsf_cli.models.loading import quiet_libraries
@@ -59,6 +62,17 @@ class Renderer:
         if settings["mask"]:
             inputs["mask_image"] = fitted(settings["mask"], *size, "L")
         return self.siblings[kind], inputs
+
+    def _guidance_arguments(self, settings: dict, denoiser) -> dict:
+        """The pipeline's guidance arguments before the method's own: CFG off where it is its own argument
+        (Qwen-Image's true_cfg_scale defaults to 4), and guidance_scale only where the model can take it."""
+        family = self.family
+        arguments = {"guidance_scale": settings["guidance_scale"]}
+        if family.cfg_argument not in (None, "guidance_scale"):
+            arguments[family.cfg_argument] = family.cfg_off_at
+        if family.guidance_embedding and not denoiser.config.get(family.guidance_embedding):
+            del arguments["guidance_scale"]  # Qwen-Image warns that a model without the embedding ignores it
+        return arguments
 
     def render(self, settings: dict, path: Path, on_step: Callable[[], None] = lambda: None) -> dict:
         """Generate `settings` (one seed) into `path` atomically; returns the metadata record written."""
@@ -95,7 +109,7 @@ class Renderer:
                     prompt=settings["prompt"], num_inference_steps=settings["steps"], width=settings["width"],
                     height=settings["height"], max_sequence_length=settings["max_sequence_length"],
                     generator=torch.Generator("cpu").manual_seed(settings["seed"]), callback_on_step_end=step_done,
-                    **inputs, **{"guidance_scale": settings["guidance_scale"], **extra},
+                    **inputs, **{**self._guidance_arguments(settings, denoiser), **extra},
                 )
             output = result.frames[0] if self.family.video else result.images[0]
         if not np.isfinite(output).all():

@@ -106,6 +106,8 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None, v
         raise UsageError("--strength needs --image")
     elif spec.task == "img2video":
         raise UsageError(f"{spec.alias} makes video from an image: pass --image PATH (its first frame)")
+    elif spec.task == "edit":
+        raise UsageError(f"{spec.alias} edits an image: pass --image PATH")
     merged = {**{k: getattr(spec, k) for k in MODEL_DEFAULTS}, **merged, "model": str(merged.get("model") or spec.alias)}
     if spec.loras:  # the model's distill LoRA comes first unless switched off; naming it again adds nothing
         merged["default_lora"] = merged.get("default_lora", True)
@@ -200,14 +202,20 @@ def _image_inputs(merged: dict, warn: Callable[[str], None], spec, family) -> di
             warn(f"{merged[key]} changed since the replayed image was made (its sha256 differs)")
     if family.video:
         return _first_frame(merged, image, spec) | {"image_sha256": sha256(merged["image"])}
-    if merged.get("mask") and "inpaint" not in family.pipelines:
+    values = {"image_sha256": sha256(merged["image"])}
+    if spec.task == "edit":  # the edit pipeline reads the whole image; there is no strength or mask
+        for key in ("mask", "strength"):
+            if merged.get(key) is not None:
+                raise UsageError(f"--{key} is for image-to-image; {spec.alias} edits the whole --image")
+    elif merged.get("mask") and "inpaint" not in family.pipelines:
         raise UsageError(f"{family.label} has no inpainting pipeline in diffusers; drop --mask")
-    values = {"image_sha256": sha256(merged["image"]), "strength": merged.get("strength", DEFAULT_STRENGTH)}
-    if not merged.get("mask") and not family.img2img_strength:  # the image is a reference the model edits from
+    elif not merged.get("mask") and not family.img2img_strength:  # the image is a reference the model edits from
         if merged.get("strength") is not None:
             raise UsageError(f"--strength: {family.label} conditions on --image instead of repainting a noised copy; "
                              "drop --strength, or add --mask to inpaint")
         values["strength"] = None
+    else:
+        values["strength"] = merged.get("strength", DEFAULT_STRENGTH)
     if "width" not in merged and "height" not in merged:
         multiple = family.size_multiple
         width, height = (side // multiple * multiple for side in image.size)

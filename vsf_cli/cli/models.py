@@ -36,7 +36,7 @@ def models_command(
                 str(row["steps"]), f"{row['width']}x{row['height']}", f"{row['scale']:g}", f"{row['offset']:g}",
             )
         # stdout carries data; when piped, rich would assume 80 columns and wrap every row.
-        Console(highlight=False, width=max(140, Console().width)).print(table)
+        Console(highlight=False, width=max(160, Console().width)).print(table)
 
 
 def _yes(flag: bool) -> str:

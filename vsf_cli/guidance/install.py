@@ -48,10 +48,11 @@ def install(pipe, family, state, active: Callable[[object, dict], bool] | None, 
 
     Per call: the family checks the pipeline, `state.active` is set (conditional pass, and `active(pipe, kwargs)` if
     given), and an active call's kwargs, all by name, become `add_negative(kwargs)`. A family with a `carrier` has
-    the negative carried beside its blocks (`state.carried`). In an active call each guided module's attention call
-    goes to `attend(query, key, value, key_mask=...)`, all (batch, heads, tokens, head_dim) and the key mask
-    (batch, keys) or None; it returns the output, or None for an attention call that is not the text one (the stock
-    call then runs). Inactive calls run stock.
+    the negative carried beside its blocks (`state.carried`); one with `text_rotary` has the appended tokens' rotary
+    rows placed by the family (`state.n_positive` says where they start). In an active call each guided module's
+    attention call goes to `attend(query, key, value, key_mask=...)`, all (batch, heads, tokens, head_dim) and the
+    key mask (batch, keys) or None; it returns the output, or None for an attention call that is not the text one
+    (the stock call then runs). Inactive calls run stock.
     All or nothing: a failure part-way undoes what was done.
     """
 
@@ -66,6 +67,8 @@ def install(pipe, family, state, active: Callable[[object, dict], bool] | None, 
             installed.hook(denoiser, _CallHook(before))
             for block in family.carrier.blocks(denoiser) if family.carrier else ():
                 installed.hook(block, _CarryHook(state, family.carrier))
+            if family.text_rotary is not None:
+                installed.hook(family.text_rotary(denoiser), _RotaryHook(state, family.place_text_rotary))
             for attn in family.attentions(denoiser):
                 installed.hook(attn, _AttentionHook(state, attend))
     except BaseException:
@@ -137,6 +140,18 @@ class _CarryHook(ModelHook):
             return output
         self.state.carried.hidden = output[:, self.length:]
         return output[:, :self.length]
+
+
+class _RotaryHook(ModelHook):
+    """In an active call, hands the rotary module's output and the positive's token count to `place`."""
+
+    def __init__(self, state, place: Callable) -> None:
+        super().__init__()
+        self.state = state
+        self.place = place
+
+    def post_forward(self, module, output):
+        return self.place(output, self.state.n_positive) if self.state.active else output
 
 
 class _AttentionHook(ModelHook):

@@ -39,9 +39,12 @@ class JointState:
         positive = tuple(x[:, :, text:split] for x in (query, key, value))
         negative = tuple(x[:, :, negative_at] for x in (query, key, value))
         masks = {"negative_mask": self.negative_mask}
-        if key_mask is not None:
+        if key_mask is not None:  # the call's mask covers the negative too (Qwen-Image): keep both its drops
             context = torch.cat([key_mask[:, image_at], key_mask[:, text:split]], dim=1)
-            masks = {"negative_mask": _dropping(key_mask[:, negative_at]), "context_mask": _dropping(context)}
+            negative_keys = key_mask[:, negative_at]
+            if self.negative_mask is not None:
+                negative_keys = negative_keys & self.negative_mask
+            masks = {"negative_mask": _dropping(negative_keys), "context_mask": _dropping(context)}
         image_out, positive_out, negative_out = self.kernel(image, positive, negative, **masks)
         parts = [positive_out, negative_out, image_out] if self.text_first else [image_out, positive_out, negative_out]
         return torch.cat(parts, dim=2)

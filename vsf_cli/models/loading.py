@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
 import os
@@ -123,6 +124,11 @@ def load_pipeline(
         raise UsageError(f"bad --dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
     parsed = [parse_lora(s) for s in loras]
     family = families.get(spec.family)
+    missing = [module for task, module in family.needs
+               if task == spec.task and importlib.util.find_spec(module) is None]
+    if missing:
+        raise UsageError(f"{spec.alias} loads {family.pipelines[spec.task]}, which needs {', '.join(missing)}: "
+                         f"pip install {' '.join(missing)}")
     if offline:
         set_offline(True)
 
@@ -148,8 +154,10 @@ def load_pipeline(
                 raise
             raise mapped from e
         pipe.set_progress_bar_config(disable=True)
-        if spec.flow_shift is not None:  # the scheduler shift the video model's distill LoRA was made for
-            pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, flow_shift=spec.flow_shift)
+        # The scheduler settings the model's distill LoRA was made for (a video model's flow shift, Lightning's).
+        overrides = dict(spec.scheduler) | ({} if spec.flow_shift is None else {"flow_shift": spec.flow_shift})
+        if overrides:
+            pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **overrides)
         if family.vae_dtype is not None:
             pipe.vae.to(dtype=getattr(torch, family.vae_dtype))
         if parsed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,9 @@ class ModelSpec:
     fps: int | None = None
     trim_start: int | None = None
     flow_shift: float | None = None
-    task: str = "text"  # which of the family's pipelines loads it: "text", or "img2video" (the input image is required)
+    task: str = "text"  # which of the family's pipelines loads it: "text", or "img2video" / "edit" (--image required)
+    # Scheduler config values the distill LoRA was made for, set over the model's own: (name, value) pairs.
+    scheduler: tuple[tuple[str, object], ...] = ()
 
     folder: str | None = None  # a model shipped inside the package (the toy)
 
@@ -47,8 +50,11 @@ class ModelSpec:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["loras"] = list(self.loras)
+        d["scheduler"] = dict(self.scheduler)
         return d
 
+
+LIGHTNING_SCHEDULER = (("base_shift", math.log(3)), ("max_shift", math.log(3)), ("shift_terminal", None))
 
 _SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(
@@ -122,6 +128,29 @@ _SPECS: tuple[ModelSpec, ...] = (
     # Wan 2.1 text-to-video with a distill LoRA (docs/method.md §4; the numbers: docs/method.md §8). Our offset is
     # subtracted: the seed code's bias of -0.2 (its README) is offset 0.2 here, which damps the negative outside the
     # region it targets.
+    # Qwen-Image (Apache-2.0): the card's 50 steps with true CFG 4; lightx2v's Lightning LoRAs are distilled with
+    # shift 3 and CFG off, and their diffusers example sets the scheduler's base and max shift to log 3 with no
+    # terminal shift. VSF's numbers are SD3's, untested on real weights (docs/method.md §14).
+    ModelSpec(
+        alias="qwen-image", family="qwenimage", hub_id="Qwen/Qwen-Image", gated=False, steps=50, width=1024,
+        height=1024, scale=3.5, offset=0.1, guidance_scale=0.0, max_sequence_length=512,
+        note="the 20B base, 50 steps; its CFG is true_cfg_scale (--method cfg); VSF guides the conditional pass only",
+    ),
+    ModelSpec(
+        alias="qwen-image-lightning", family="qwenimage", hub_id="Qwen/Qwen-Image", gated=False, steps=8,
+        width=1024, height=1024, scale=3.5, offset=0.1, guidance_scale=0.0, max_sequence_length=512,
+        loras=("lightx2v/Qwen-Image-Lightning/Qwen-Image-Lightning-8steps-V1.1.safetensors",),
+        scheduler=LIGHTNING_SCHEDULER, distilled=True,
+        note="Qwen-Image with lightx2v's 8-step Lightning LoRA, CFG off; VSF numbers are SD3's, untested",
+    ),
+    ModelSpec(
+        alias="qwen-image-edit-lightning", family="qwenimage", hub_id="Qwen/Qwen-Image-Edit-2509", gated=False,
+        steps=8, width=1024, height=1024, scale=3.5, offset=0.1, guidance_scale=0.0, max_sequence_length=512,
+        loras=("lightx2v/Qwen-Image-Lightning/Qwen-Image-Edit-2509/"
+               "Qwen-Image-Edit-2509-Lightning-8steps-V1.0-bf16.safetensors",),
+        scheduler=LIGHTNING_SCHEDULER, distilled=True, task="edit",
+        note="edits --image (Qwen-Image-Edit-2509, 8-step Lightning LoRA, CFG off); VSF numbers untested",
+    ),
     ModelSpec(
         alias="wan-1.3b", family="wan", hub_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", gated=False, steps=8,
         width=832, height=480, scale=1.5, offset=0.2, guidance_scale=1.0, max_sequence_length=512,
@@ -187,7 +216,9 @@ def _family_defaults(family: str, **fields) -> ModelSpec:
     base = MODELS[families.get(family).default_model]
     # Without the table's distill LoRA there is no high-contrast start to trim.
     trim = {"trim_start": 0} if base.trim_start else {}
-    return dataclasses.replace(base, family=family, gated=False, loras=(), distilled=False, **trim, **fields)
+    # Nor the scheduler values its distill LoRA was made for.
+    return dataclasses.replace(base, family=family, gated=False, loras=(), scheduler=(), distilled=False, **trim,
+                               **fields)
 
 
 def _from_folder(path: Path) -> ModelSpec:
@@ -224,7 +255,11 @@ def _from_hub_id(hub_id: str) -> ModelSpec:
             f"cannot tell which model family {hub_id} is; pass a known alias ({', '.join(MODELS)}) "
             "or a local diffusers folder"
         )
-    task = "img2video" if "img2video" in family.pipelines and "-i2v-" in hub_id.lower() else "text"
+    task = "text"
+    if "img2video" in family.pipelines and "-i2v-" in hub_id.lower():
+        task = "img2video"
+    elif "edit" in family.pipelines and "-edit" in hub_id.lower():
+        task = "edit"
     return _family_defaults(
         family.name, alias=hub_id, hub_id=hub_id, task=task,
         note=f"hub id outside the table; defaults from {family.default_model}, override with flags",

@@ -27,6 +27,10 @@ def _no_check(pipe) -> None:
     return None
 
 
+def _same_rotary(output, n_positive: int):
+    return output
+
+
 def refuse_cfg(pipe) -> None:
     """A `check_call` for pipelines that batch CFG's two passes into one forward: guidance replaces CFG there."""
     if getattr(pipe, "do_classifier_free_guidance", False):
@@ -79,6 +83,10 @@ class Family:
     denoisers: tuple[str, ...] = ("transformer",)  # pipeline attributes that run the denoising
     extend_kwargs: Callable[[dict, int], dict] = _unchanged  # give `added` text tokens their positions
     carrier: Carrier | None = None  # joint: carry the negative beside the blocks instead of in the call's text
+    # joint, for a forward that makes the text rotary from the text's length (Qwen-Image): denoiser -> the module
+    # that makes it, and (its output, positive tokens) -> the output with the appended tokens' rows placed
+    text_rotary: Callable[[Any], Any] | None = None
+    place_text_rotary: Callable[[Any, int], Any] = _same_rotary
     check_call: Callable[[Any], None] = _no_check  # refuse a pipeline state guidance cannot handle
     cfg_argument: str | None = "guidance_scale"  # the pipeline argument that is classifier-free guidance; None: none
     cfg_separate_pass: bool = True  # CFG's unconditional pass is its own forward (False: batched with the other)
@@ -86,6 +94,9 @@ class Family:
     # cond + g (cond - uncond), so its g is w - 1 and 0 is off. Method 'cfg' passes w - 1 + cfg_off_at.
     cfg_off_at: float = 1.0
     cfg_refused: str = ""  # why method 'cfg' cannot run on the family's pipelines; "" when it can
+    # The denoiser config flag saying guidance_scale feeds a distilled guidance embedding; without it the pipeline
+    # is not given guidance_scale. None: always given.
+    guidance_embedding: str | None = None
     video: bool = False
     frame_step: int | None = None  # video: frame counts are 1 + k * frame_step
     frames_trained: int | None = None  # video: clip length the model was trained on; longer ones drift
@@ -94,6 +105,7 @@ class Family:
     inpaint_channels: tuple[int, ...] = ()  # transformer input channels the inpainting pipeline accepts; () = any
     img2img_strength: bool = True  # img2img repaints a noised copy by `strength`; False: it conditions on the image
     tasks_loaded: tuple[str, ...] = ("text",)  # tasks loaded from disk; the others are built from a loaded pipeline
+    needs: tuple[tuple[str, str], ...] = ()  # (task, module) pairs: modules a task's pipeline needs beyond vsf's own
 
     def pipeline_class(self, task: str):
         """The diffusers class for a task (imports diffusers)."""
