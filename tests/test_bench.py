@@ -141,7 +141,7 @@ def test_vsf_bench_table(monkeypatch):
     (["--repeats", "0"], "--repeats 0: 1 to 1000"),
     (["--warmup", "-1"], "--warmup -1: 0 to 100"),
     (["--neg-tokens", "0"], "--neg-tokens 0: 1 to 512"),
-    (["--model", "flux"], "--model 'flux': choose from sd35-large, sd35-medium, zimage-turbo, qwen-image"),
+    (["--model", "flux"], "--model 'flux': choose from sd35-large, sd35-medium, zimage-turbo, flux2-klein-4b, qwen-image"),
     (["--model", "qwen-image", "--blocks", "61"], "1 to 60 blocks"),
     (["--model", "zimage-turbo", "--methods", "none,vsf-compat"], "zimage-turbo takes none,vsf,nag,nasa,cfg"),
     (["--model", "zimage-turbo", "--blocks", "31"], "1 to 30 blocks"),
