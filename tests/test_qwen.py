@@ -274,9 +274,14 @@ def test_true_cfg_unconditional_pass_runs_plain_attention(qwen):
     check_uncond_passes_run_plain(qwen, run)
 
 
-def test_cfg_is_true_cfg(qwen):
+def test_cfg_is_true_cfg_and_the_seed_codes_layout_is_refused(qwen):
+    from vsf_cli.errors import UsageError
+
     with guidance.apply(qwen, "cfg", negative="wheels", cfg_scale=4.0) as extra:
         assert extra == {"negative_prompt": "wheels", "true_cfg_scale": 4.0}
+    with pytest.raises(UsageError, match="Qwen-Image has only compat=paper"):
+        with guidance.apply(qwen, "vsf", negative="wheels", compat="reference"):
+            pass
 
 
 @pytest.mark.parametrize("task", ["img2img", "inpaint"])
