@@ -18,6 +18,47 @@ def naive_nag(s, tau, a):
     return combine
 
 
+def dense_joint(method, params, q, k, v, groups, valid):
+    """One joint attention in float64 from the method's table, over named token groups.
+
+    q, k, v are (batch, heads, tokens, d) float64; `groups` names each token "I" (image), "P" (positive) or "N"
+    (negative), in the sequence's order; `valid` (batch, tokens) is False for padding keys, which no query sees.
+    "vsf": keys [sequence, N1], N1 = N's keys with values times -scale; I sees I, P and N1 (logits - offset), P sees
+    I and P, N sees I and N. "nag" / "nasa": I and P see [I, P], I and N see [I, N]; the image output is NAG's
+    per-token formula (`naive_nag`) or Z+ - s Z-.
+    """
+    if method == "vsf":
+        neg = [i for i, g in enumerate(groups) if g == "N"]
+        k = torch.cat([k, k[:, :, neg]], 2)
+        v = torch.cat([v, -params["scale"] * v[:, :, neg]], 2)
+        cols = groups + ["N1"] * len(neg)
+        see = {"I": {"I": 0, "P": 0, "N1": -params["offset"]}, "P": {"I": 0, "P": 0}, "N": {"I": 0, "N": 0}}
+        mask = torch.tensor([[see[r].get(c, -math.inf) for c in cols] for r in groups], dtype=torch.float64)
+        keys_valid = torch.cat([valid, valid[:, neg]], 1)
+        mask = mask[None, None] + torch.where(keys_valid, 0.0, -math.inf).double()[:, None, None, :]
+        return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + mask, -1) @ v
+
+    def attend(rows, keys):
+        cols = torch.tensor([g in keys for g in groups])[None] & valid
+        logits = q[:, :, rows] @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        return torch.softmax(logits.masked_fill(~cols[:, None, None, :], -math.inf), -1) @ v
+
+    image = [g == "I" for g in groups]
+    out = torch.empty_like(q)
+    out[:, :, [g == "P" for g in groups]] = attend([g == "P" for g in groups], "IP")
+    out[:, :, [g == "N" for g in groups]] = attend([g == "N" for g in groups], "IN")
+    z_pos, z_neg = attend(image, "IP"), attend(image, "IN")
+    if method == "nasa":
+        out[:, :, image] = z_pos - params["nasa_scale"] * z_neg
+        return out
+    b, h, n_img, d = z_pos.shape
+    combine = naive_nag(params["nag_scale"], params["nag_tau"], params["nag_alpha"])
+    rows = [x.transpose(1, 2).reshape(b, n_img, h * d) for x in (z_pos, z_neg)]
+    guided = torch.stack([combine(zp, zn) for zp, zn in zip(*rows, strict=True)])
+    out[:, :, image] = guided.reshape(b, n_img, h, d).transpose(1, 2)
+    return out
+
+
 def generate(pipe, prompt="a red bike", seed=0, steps=2, guidance_scale=0.0, height=32, width=32, **kw):
     """A seeded tiny render; one generator per prompt so batched and single runs match."""
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompt) if isinstance(prompt, list) else 1)]

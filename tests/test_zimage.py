@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from oracles import hooks_left, naive_nag
+from oracles import dense_joint, hooks_left
 from vsf_cli import guidance
 from vsf_cli.cli import app
 from vsf_cli.errors import UsageError
@@ -90,40 +90,9 @@ class DenseZImage:
         v = heads(attn.to_v(hidden_states)).double().transpose(1, 2)
         valid = torch.ones(b, n, dtype=torch.bool) if attention_mask is None else attention_mask
         groups = ["I"] * self.n_img + ["P"] * self.n_pos + ["N"] * (n - self.n_img - self.n_pos)
-        out = self.vsf(q, k, v, groups, valid) if self.method == "vsf" else self.contrast(q, k, v, groups, valid)
+        out = dense_joint(self.method, self.params, q, k, v, groups, valid)
         return attn.to_out[0](out.float().transpose(1, 2).flatten(2, 3))
 
-    def vsf(self, q, k, v, groups, valid):
-        neg = [i for i, g in enumerate(groups) if g == "N"]
-        k = torch.cat([k, k[:, :, neg]], 2)
-        v = torch.cat([v, -self.params["scale"] * v[:, :, neg]], 2)
-        cols = groups + ["N1"] * len(neg)
-        see = {"I": {"I": 0, "P": 0, "N1": -self.params["offset"]}, "P": {"I": 0, "P": 0}, "N": {"I": 0, "N": 0}}
-        mask = torch.tensor([[see[r].get(c, -math.inf) for c in cols] for r in groups], dtype=torch.float64)
-        keys_valid = torch.cat([valid, valid[:, neg]], 1)
-        mask = mask[None, None] + torch.where(keys_valid, 0.0, -math.inf).double()[:, None, None, :]
-        return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + mask, -1) @ v
-
-    def contrast(self, q, k, v, groups, valid):
-        def attend(rows, keys):
-            cols = torch.tensor([g in keys for g in groups])[None] & valid
-            logits = q[:, :, rows] @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-            return torch.softmax(logits.masked_fill(~cols[:, None, None, :], -math.inf), -1) @ v
-
-        image = [g == "I" for g in groups]
-        out = torch.empty_like(q)
-        out[:, :, [g == "P" for g in groups]] = attend([g == "P" for g in groups], "IP")
-        out[:, :, [g == "N" for g in groups]] = attend([g == "N" for g in groups], "IN")
-        z_pos, z_neg = attend(image, "IP"), attend(image, "IN")
-        if self.method == "nasa":
-            out[:, :, image] = z_pos - self.params["nasa_scale"] * z_neg
-            return out
-        b, h, n_img, d = z_pos.shape
-        combine = naive_nag(self.params["nag_scale"], self.params["nag_tau"], self.params["nag_alpha"])
-        rows = [x.transpose(1, 2).reshape(b, n_img, h * d) for x in (z_pos, z_neg)]
-        guided = torch.stack([combine(zp, zn) for zp, zn in zip(*rows, strict=True)])
-        out[:, :, image] = guided.reshape(b, n_img, h, d).transpose(1, 2)
-        return out
 
 
 def with_oracle(pipe, negatives, processor, run, keep_pads=False):
