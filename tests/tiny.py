@@ -188,17 +188,24 @@ def byte_qwen_tokenizer():
     return tokenizer
 
 
+def _qwen3(model_class, tokenizer, seed: int, hidden: int, layers: int):
+    """A tiny random Qwen3 text model (`Qwen3Model` or `Qwen3ForCausalLM`) over `tokenizer`'s vocabulary."""
+    from transformers import Qwen3Config
+
+    torch.manual_seed(seed)
+    return model_class(Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=hidden // 2, max_position_embeddings=1024,
+    )).eval()
+
+
 def build_zimage(path: Path, *, seed: int = 0) -> Path:
     """Save a tiny random ZImagePipeline (2 main layers, 2 + 2 refiners, a Qwen3 text encoder) to `path`."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
-    from transformers import Qwen3Config, Qwen3Model
+    from transformers import Qwen3Model
 
     tokenizer = byte_qwen_tokenizer()
-    torch.manual_seed(seed + 1)
-    text_encoder = Qwen3Model(Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
-    )).eval()
+    text_encoder = _qwen3(Qwen3Model, tokenizer, seed + 1, hidden=32, layers=2)
     torch.manual_seed(seed + 2)
     transformer = ZImageTransformer2DModel(
         all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32, n_layers=2, n_refiner_layers=2, n_heads=2,
@@ -246,14 +253,10 @@ def build_flux2_klein(path: Path, *, seed: int = 0, distilled: bool = True) -> P
     `distilled` is model_index.json's is_distilled: True ignores guidance_scale > 1, False runs CFG as klein base.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
     tokenizer = byte_qwen_tokenizer()
-    torch.manual_seed(seed + 1)
-    text_encoder = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=27, num_attention_heads=2,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
-    )).eval()
+    text_encoder = _qwen3(Qwen3ForCausalLM, tokenizer, seed + 1, hidden=16, layers=27)
     transformer, vae = _flux2_parts(seed + 2, 3 * 16, guidance=False)
     pipe = Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
                               tokenizer=tokenizer, transformer=transformer, is_distilled=distilled)

@@ -51,7 +51,8 @@ def prepare_negative(transformer, tokens, mask, padded: bool):
     longest negative (with its pads when `padded`), and the key mask marks the shorter ones' padding.
     """
     import torch
-    from torch.nn.utils.rnn import pad_sequence
+
+    from vsf_cli.guidance.install import pad_negatives
 
     hidden, rotary = [], []
     for b in range(tokens.shape[0]):
@@ -66,13 +67,11 @@ def prepare_negative(transformer, tokens, mask, padded: bool):
         for layer in transformer.context_refiner:
             x = layer(x, None, freqs[None])
         keep = total if padded else n
-        hidden.append(x[0, :keep])
-        rotary.append(freqs[:keep])
-    lengths = [len(h) for h in hidden]
-    key_mask = None
-    if len(set(lengths)) > 1:
-        key_mask = torch.arange(max(lengths), device=hidden[0].device)[None] < torch.tensor(lengths, device=hidden[0].device)[:, None]
-    return pad_sequence(hidden, batch_first=True), pad_sequence(rotary, batch_first=True), key_mask
+        hidden.append(x[:, :keep])
+        rotary.append(freqs[None, :keep])
+    batch, device = len(hidden), hidden[0].device
+    hidden, key_mask = pad_negatives(hidden, batch, device, hidden[0].dtype)
+    return hidden, pad_negatives(rotary, batch, device, rotary[0].dtype)[0], key_mask
 
 
 FAMILY = Family(
