@@ -305,6 +305,9 @@ def test_cli_end_to_end(zimage_dir, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["gen", "a red bike", "--neg", "wheels", "--model", str(zimage_dir), "--size",
                                       "64", "--guidance-scale", "1", "-o", "y.png"])
     assert result.exit_code == 2 and "--guidance-scale <= 0" in result.output
+    result = CliRunner().invoke(app, ["gen", "a red bike", "--neg", "wheels", "--model", str(zimage_dir), "--compat",
+                                      "reference", "-o", "x.png"])
+    assert result.exit_code == 2 and "only compat=paper" in result.output and "loading" not in result.output
 
 
 def test_batch_and_img2img_through_the_cli(zimage_dir, tmp_path):

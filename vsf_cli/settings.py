@@ -136,6 +136,8 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None, v
     method = settings["method"]
     if method == "cfg" and family.cfg_refused:
         raise UsageError(family.cfg_refused)
+    if method == "vsf" and settings.get("compat") == "reference" and family.attention == "joint":
+        family.refuse_reference_layout()
     guidance_is_cfg = family.cfg_argument == "guidance_scale"
     batched_cfg = guidance_is_cfg and not family.cfg_separate_pass
     if batched_cfg and method not in ("none", "cfg") and settings["guidance_scale"] > family.cfg_off_at:

@@ -74,8 +74,8 @@ def install_joint(
     on a classifier-free-guidance unconditional pass.
     A family with a `carrier` (Z-Image) gets the negative beside its blocks instead of in the call's text.
     """
-    if reference_layout and (family.carrier is not None or family.text_rotary is not None):
-        raise UsageError(f"compat=reference is the seed code's SD3 layout; {family.label} has only compat=paper")
+    if reference_layout:
+        family.refuse_reference_layout()
     stack = NegativeTokens([family.encode_negative(pipe, text, padded=padded) for text in negatives])
     state = JointState(kernel, family.text_first)
 

@@ -107,6 +107,12 @@ class Family:
     tasks_loaded: tuple[str, ...] = ("text",)  # tasks loaded from disk; the others are built from a loaded pipeline
     needs: tuple[tuple[str, str], ...] = ()  # (task, module) pairs: modules a task's pipeline needs beyond vsf's own
 
+    def refuse_reference_layout(self) -> None:
+        """compat=reference, the seed code's SD3 stream [P, Na, Nb], needs the text carried in the call at the
+        positions the call gives; a family that carries the negative or re-places its text rotary refuses it."""
+        if self.carrier is not None or self.text_rotary is not None:
+            raise UsageError(f"compat=reference is the seed code's SD3 layout; {self.label} has only compat=paper")
+
     def pipeline_class(self, task: str):
         """The diffusers class for a task (imports diffusers)."""
         import diffusers
