@@ -191,26 +191,33 @@ def run_with_oracle(pipe, processor, extra_tokens, **call):
         pipe.transformer.set_attn_processor(original)
 
 
-def check_uncond_passes_run_plain(pipe, run) -> None:
+def denoisers(pipe) -> list:
+    """The pipeline's transformers: `transformer`, and Wan 2.2 A14B's low-noise expert `transformer_2`."""
+    return [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
+
+
+def check_uncond_passes_run_plain(pipe, run) -> list:
     """Record every transformer call of `run()` (a CFG render inside `guidance.apply`); calls alternate cond, uncond.
 
-    Afterwards, with guidance gone, each uncond call must equal the stock transformer on the same inputs bit for
-    bit, and each cond call must differ from it.
+    Afterwards, with guidance gone, each uncond call must equal the stock transformer (the expert that ran it) on
+    the same inputs bit for bit, and each cond call must differ from it. Returns the transformer of each call.
     """
     calls = []
 
     def record(module, args, kwargs, output):
-        calls.append(({k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}, output[0].clone()))
+        calls.append((module, {k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}, output[0].clone()))
 
-    handle = pipe.transformer.register_forward_hook(record, with_kwargs=True)
+    handles = [model.register_forward_hook(record, with_kwargs=True) for model in denoisers(pipe)]
     try:
         run()
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     assert len(calls) >= 2 and len(calls) % 2 == 0
-    for i, (kwargs, output) in enumerate(calls):
-        plain = pipe.transformer(**kwargs)[0]
+    for i, (model, kwargs, output) in enumerate(calls):
+        plain = model(**kwargs)[0]
         assert torch.equal(output, plain) if i % 2 else not torch.allclose(output, plain, atol=1e-4)
+    return [model for model, _, _ in calls]
 
 
 def hooks_left(transformer) -> bool:
@@ -272,8 +279,10 @@ class DenseCross:
 def kernel_calls_per_step(pipe, monkeypatch, run) -> list[int]:
     """Run `run()` and return, per denoising step in order, how many times NAG's attention kernel ran.
 
-    Steps are told apart by the transformer's `timestep` argument (a new value starts the next step; CFG's second
-    forward of a step repeats it), seen by a torch pre-hook on the transformer: nothing is read from the scheduler.
+    Steps are told apart by the transformers' `timestep` argument (a new value starts the next step; CFG's second
+    forward of a step repeats it), seen by a torch pre-hook on each transformer: nothing is read from the
+    scheduler. Its largest entry is the step's t also where timesteps are per token (Wan 2.2 TI2V gives a first
+    frame t = 0).
     """
     from vsf_cli.guidance.nag import NAG
 
@@ -281,7 +290,7 @@ def kernel_calls_per_step(pipe, monkeypatch, run) -> list[int]:
     last = [None]
 
     def new_step(module, args, kwargs):
-        t = float(kwargs["timestep"].flatten()[0])
+        t = float(kwargs["timestep"].max())
         if t != last[0]:
             counts.append(0)
             last[0] = t
@@ -296,9 +305,10 @@ def kernel_calls_per_step(pipe, monkeypatch, run) -> list[int]:
             return kernel
 
         monkeypatch.setattr(NAG, name, counting)
-    handle = pipe.transformer.register_forward_pre_hook(new_step, with_kwargs=True)
+    handles = [model.register_forward_pre_hook(new_step, with_kwargs=True) for model in denoisers(pipe)]
     try:
         run()
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return counts

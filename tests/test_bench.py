@@ -1,5 +1,6 @@
 """The benchmark runs on CPU at tiny shapes and reports every field; timings are never asserted here."""
 
+import dataclasses
 import json
 
 import pytest
@@ -17,14 +18,21 @@ def test_bench_reports_every_method_and_field(capsys, monkeypatch):
     assert [r["method"] for r in result["rows"]] == list(bench.METHODS)
     base = result["rows"][0]["step_ms"]
     for row in result["rows"]:  # each ratio is its own step over `none`'s, and the spread brackets the median
-        assert abs(row["ratio"] - row["step_ms"] / base) < 2e-3 and row["spread_ms"][0] <= row["step_ms"] <= row["spread_ms"][1]
+        assert _is_ratio(row["ratio"], row["step_ms"], base) and row["spread_ms"][0] <= row["step_ms"] <= row["spread_ms"][1]
+        assert row["paired_ratio"] == row["ratio"]  # one round: the paired ratio is that round's ratio
+    assert result["rows"][0]["paired_ratio"] == 1.0
     assert "| vsf |" in bench.table(result)
+
+
+def _shrunk(monkeypatch, model, **config):
+    """Swap `model`'s shape for one with a tiny config (the real ones are billions of weights)."""
+    shape = bench.SHAPES[model]
+    monkeypatch.setitem(bench.SHAPES, model, dataclasses.replace(shape, config={**shape.config, **config}))
 
 
 def test_bench_runs_the_zimage_shape(capsys, monkeypatch):
     monkeypatch.setattr(bench, "cold_start", lambda repeats=5: 0.123)
-    monkeypatch.setitem(bench.CONFIGS, "zimage-turbo", {**bench.CONFIGS["zimage-turbo"], "dim": 64, "n_heads": 4, "axes_dims": [4, 6, 6],
-                                                        "n_kv_heads": 4, "cap_feat_dim": 32})
+    _shrunk(monkeypatch, "zimage-turbo", dim=64, n_heads=4, axes_dims=[4, 6, 6], n_kv_heads=4, cap_feat_dim=32)
     bench.main(["--model", "zimage-turbo", "--blocks", "1", "--size", "64", "--repeats", "1", "--warmup", "0", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert (result["blocks"], result["image_tokens"], result["text_tokens"]) == (1, 16, 64)
@@ -34,23 +42,19 @@ def test_bench_runs_the_zimage_shape(capsys, monkeypatch):
 @pytest.mark.parametrize("blocks, split", [(2, "1 double + 1 single"), (5, "1 double + 4 single")])
 def test_bench_runs_the_flux2_klein_shape(capsys, monkeypatch, blocks, split):
     """--blocks splits as the model's 5 double to 20 single; CFG runs klein's two passes one after the other."""
+    import diffusers
+
     calls = []
     monkeypatch.setattr(bench, "cold_start", lambda repeats=5: 0.123)
-    monkeypatch.setitem(bench.CONFIGS, "flux2-klein-4b", {**bench.CONFIGS["flux2-klein-4b"], "num_attention_heads": 2,
-                                                          "attention_head_dim": 16, "axes_dims_rope": (4, 4, 4, 4),
-                                                          "joint_attention_dim": 32, "timestep_guidance_channels": 32})
-    real = bench._transformer_class
+    _shrunk(monkeypatch, "flux2-klein-4b", num_attention_heads=2, attention_head_dim=16, axes_dims_rope=(4, 4, 4, 4),
+            joint_attention_dim=32, timestep_guidance_channels=32)
 
-    def counted(family):
-        model = real(family)
+    class Counted(diffusers.Flux2Transformer2DModel):
+        def forward(self, *args, **kwargs):
+            calls.append(kwargs["encoder_hidden_states"].shape[:2])
+            return super().forward(*args, **kwargs)
 
-        class Counted(model):
-            def forward(self, *args, **kwargs):
-                calls.append(kwargs["encoder_hidden_states"].shape[:2])
-                return super().forward(*args, **kwargs)
-        return Counted
-
-    monkeypatch.setattr(bench, "_transformer_class", counted)
+    monkeypatch.setattr(diffusers, "Flux2Transformer2DModel", Counted)
     bench.main(["--model", "flux2-klein-4b", "--blocks", str(blocks), "--size", "64", "--repeats", "1", "--warmup",
                 "0", "--methods", "none,vsf,nag,cfg", "--json"])
     result = json.loads(capsys.readouterr().out)
@@ -63,13 +67,68 @@ def test_bench_runs_the_flux2_klein_shape(capsys, monkeypatch, blocks, split):
 
 def test_bench_runs_the_qwen_image_shape(capsys, monkeypatch):
     monkeypatch.setattr(bench, "cold_start", lambda repeats=5: 0.123)
-    monkeypatch.setitem(bench.CONFIGS, "qwen-image", {**bench.CONFIGS["qwen-image"], "num_attention_heads": 2,
-                                                      "attention_head_dim": 16, "axes_dims_rope": (4, 6, 6),
-                                                      "joint_attention_dim": 32})
+    _shrunk(monkeypatch, "qwen-image", num_attention_heads=2, attention_head_dim=16, axes_dims_rope=(4, 6, 6),
+            joint_attention_dim=32)
     bench.main(["--model", "qwen-image", "--blocks", "1", "--size", "64", "--repeats", "1", "--warmup", "0", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert (result["blocks"], result["image_tokens"], result["text_tokens"]) == (1, 16, 64)
     assert [r["method"] for r in result["rows"]] == ["none", "vsf", "nag", "nasa", "cfg"]
+
+
+TINY_WAN = dict(num_attention_heads=2, attention_head_dim=8, ffn_dim=32, text_dim=32, freq_dim=16, rope_max_seq_len=32)
+
+
+def test_bench_wan22_rows_side_by_side(capsys, monkeypatch):
+    """The Wan shapes measure none, vsf, nag, nasa and cfg in one run (a shrunken config: the real one is 14B)."""
+    monkeypatch.setattr(bench, "cold_start", lambda repeats=5: 0.123)
+    _shrunk(monkeypatch, "wan22-a14b", **TINY_WAN)
+    bench.main(["--model", "wan22-a14b", "--blocks", "1", "--size", "64x32", "--frames", "5", "--repeats", "2",
+                "--warmup", "0", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in result["rows"]] == ["none", "vsf", "nag", "nasa", "cfg"]
+    assert (result["blocks"], result["size"], result["frames"], result["text_tokens"]) == (1, "64x32", 5, 512)
+    assert result["image_tokens"] == 2 * (32 // 16) * (64 // 16)  # 2 latent frames of 2x2-patched 8x latents
+    base = result["rows"][0]["step_ms"]
+    for row in result["rows"]:
+        assert _is_ratio(row["ratio"], row["step_ms"], base)
+    assert bench.table(result).splitlines()[0].startswith("wan22-a14b, 1 blocks, 64x32, 5 frames (16 video tokens, "
+                                                          "a 512-token text context, 8 negative tokens), float32 on")
+    assert result["attention_backend"] is None  # Wan's kernels are plain SDPA: no log-sum-exp backend to name
+
+
+def test_bench_wan22_installs_and_removes_each_method(monkeypatch):
+    """Every timed guided call really ran the method's cross kernel, and the transformer is stock afterwards."""
+    from vsf_cli.guidance import nag, vsf
+
+    calls = []
+    for cls in (vsf.VSF, nag.NAG):
+        make = cls.cross_kernel
+
+        def counting(self, make=make, name=cls.__name__):
+            inner = make(self)
+            return lambda *a, **k: calls.append(name) or inner(*a, **k)
+        monkeypatch.setattr(cls, "cross_kernel", counting)
+    _shrunk(monkeypatch, "wan22-ti2v-5b", **TINY_WAN)
+    result = bench.run("wan22-ti2v-5b", blocks=2, size=(64, 64), frames=1, repeats=1, warmup=0,
+                       methods=("none", "vsf", "nag", "cfg"))
+    assert calls == ["VSF", "VSF", "NAG", "NAG"]  # 2 blocks each, once; none and cfg run stock
+    assert result["image_tokens"] == 1 * 2 * 2  # a 16x VAE: one latent frame of 4x4, in 2x2 patches
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "wan22-a14b", "--size", "840x480"], "--size 840x480: a multiple of 16 from 16 to 4096 for wan22-a14b"),
+    (["--model", "wan22-ti2v-5b", "--size", "848x480"], "a multiple of 32 from 32"),
+    (["--model", "wan22-a14b", "--frames", "80"], "--frames 80: 4k+1 from 1 to 201"),
+    (["--frames", "5"], "--frames is for the video shapes (wan22-a14b, wan22-ti2v-5b); sd35-large makes images"),
+    (["--model", "wan22-a14b", "--methods", "vsf,vsf-dense"], "wan22-a14b takes none,vsf,nag,nasa,cfg"),
+    (["--model", "wan22-a14b", "--blocks", "41"], "--blocks 41: wan22-a14b has 1 to 40 blocks"),
+    (["--size", "1024x"], "--size 1024x: a multiple of 16"),
+])
+def test_bench_wan22_bad_options(args, message, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("the benchmark ran"))
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_cold_start_fails_when_the_cli_fails(monkeypatch):
@@ -112,7 +171,7 @@ def test_vsf_bench_json_has_the_module_fields_and_no_library_chatter(monkeypatch
     out = json.loads(result.stdout)
     assert (out["model"], out["blocks"], out["image_tokens"], out["negative_tokens"]) == ("sd35-medium", 1, 16, 8)
     assert [r["method"] for r in out["rows"]] == ["none", "vsf"]
-    assert all({"step_ms", "spread_ms", "image_s", "ratio", "peak_mib"} <= set(r) for r in out["rows"])
+    assert all({"step_ms", "spread_ms", "image_s", "ratio", "paired_ratio", "peak_mib"} <= set(r) for r in out["rows"])
     assert out["cold_start_help_s"] == 0.123 and "attention_only" not in out
     # diffusers logs through its own handler on the real stderr, so look there as well as at the runner's.
     assert "float32" not in result.stderr + capfd.readouterr().err
@@ -128,7 +187,7 @@ def test_vsf_bench_table(monkeypatch):
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("sd35-medium, 1 blocks, 64²")
-    assert lines[2] == "| method | ms / step (median) | min–max | × none | peak MiB |"
+    assert lines[2] == "| method | ms / step (median) | min–max | × none | × none, paired by round | peak MiB |"
     assert [line.split(" | ")[0] for line in lines[4:6]] == ["| none", "| vsf"]
     assert lines[-1] == "`vsf --help` cold start: 0.5 s"
 
@@ -167,19 +226,26 @@ def test_vsf_bench_help_names_what_the_module_offers():
     assert bench_cli._METHODS == ",".join(bench.METHODS)
     result = CliRunner().invoke(app, ["bench", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for option in ("--model", "--blocks", "--size", "--neg-tokens", "--repeats", "--warmup", "--methods", "--device",
-                   "--dtype", "--attention", "--json"):
+    for option in ("--model", "--blocks", "--size", "--frames", "--neg-tokens", "--repeats", "--warmup", "--methods",
+                   "--device", "--dtype", "--attention", "--json"):
         assert option in result.stdout
-    assert result.stdout.count("(default: ") == 11
-    layers = {m: bench.blocks_in(m, bench.CONFIGS[m]) for m in bench.CONFIGS}
+    assert result.stdout.count("(default: ") == 12
+    shapes = bench.SHAPES
+    layers = {m: bench.blocks_in(s.config, s) for m, s in shapes.items()}
     text = " ".join(result.stdout.replace("│", " ").split())
     assert (f"1 to {layers['sd35-large']} (sd35-medium: {layers['sd35-medium']}, zimage-turbo: "
             f"{layers['zimage-turbo']}, flux2-klein-4b: {layers['flux2-klein-4b']}, split 1 double to 4 single, "
-            f"qwen-image: {layers['qwen-image']})") in text
-    assert (f"up to {bench.max_size('sd35-large')} (sd35-medium: {bench.max_size('sd35-medium')}, zimage-turbo: "
-            f"{bench.max_size('zimage-turbo')}, flux2-klein-4b: {bench.max_size('flux2-klein-4b')}, qwen-image: "
-            f"{bench.max_size('qwen-image')})") in text
-    assert ", ".join(bench.CONFIGS) in text.replace(" or ", ", ")
+            f"qwen-image: {layers['qwen-image']}, wan22-a14b: {layers['wan22-a14b']}, wan22-ti2v-5b: "
+            f"{layers['wan22-ti2v-5b']})") in text
+    assert (f"up to {shapes['sd35-large'].max_side} (sd35-medium: {shapes['sd35-medium'].max_side}, zimage-turbo: "
+            f"{shapes['zimage-turbo'].max_side}, flux2-klein-4b and Wan: {shapes['flux2-klein-4b'].max_side}, "
+            f"qwen-image: {shapes['qwen-image'].max_side}; wan22-ti2v-5b in multiples of "
+            f"{shapes['wan22-ti2v-5b'].multiple})") in text
+    assert shapes["wan22-a14b"].max_side == shapes["flux2-klein-4b"].max_side
+    assert f"from 1 to {bench.MAX_FRAMES}" in text and "(default: 1024, for Wan 832x480)" in text
+    assert ", ".join(shapes) in text.replace(" (one expert of two)", "").replace(" or ", ", ")
+    dense = [m for m, s in shapes.items() if "vsf-dense" in s.methods]
+    assert dense == ["sd35-large", "sd35-medium", "flux2-klein-4b"] and "are for sd35-*, flux2-klein-4b only" in text
 
 
 def _is_ratio(ratio: float, ms: float, base_ms: float) -> bool:

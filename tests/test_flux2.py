@@ -61,7 +61,7 @@ def flux2(request, klein_dir, dev_dir):
 
 @torch.no_grad()
 def prompt_states(pipe, text):
-    """docs/method.md §13 written out, sharing no code with vsf_cli: the prompt's chat-formatted tokens without
+    """docs/method.md §12 written out, sharing no code with vsf_cli: the prompt's chat-formatted tokens without
     padding, through the text encoder, the pipeline's three hidden layers joined on channels; (tokens, 3 * hidden)."""
     from diffusers import Flux2Pipeline
     from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE

@@ -50,7 +50,7 @@ def any_edit(request):
 
 @torch.no_grad()
 def prompt_states(pipe, text):
-    """docs/method.md §14 written out: the pipeline's template around the text alone (no image), the encoder's last
+    """docs/method.md §13 written out: the pipeline's template around the text alone (no image), the encoder's last
     layer, the template's leading tokens dropped; one prompt, so no padding."""
     ids = pipe.tokenizer(pipe.prompt_template_encode.format(text), return_tensors="pt").input_ids
     states = pipe.text_encoder(input_ids=ids, output_hidden_states=True).hidden_states[-1]

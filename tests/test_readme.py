@@ -75,10 +75,12 @@ def run(command: str, cwd: Path, env: dict, interrupt_after: str | None) -> list
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from tiny import build_flux2_klein, build_qwen_image, build_sd3, build_wan, build_zimage
+    from tiny import build_flux2_klein, build_qwen_image, build_sd3, build_wan, build_wan22, build_zimage
 
     root = tmp_path_factory.mktemp("readme-models")
     return {"tiny-sd3": build_sd3(root / "tiny-sd3"), "tiny-wan": build_wan(root / "tiny-wan"),
+            "tiny-wan22": build_wan22(root / "tiny-wan22"),
+            "tiny-wan22-ti2v": build_wan22(root / "tiny-wan22-ti2v", "ti2v"),
             "tiny-zimage": build_zimage(root / "tiny-zimage"),
             "tiny-flux2-klein": build_flux2_klein(root / "tiny-flux2-klein"),
             "tiny-qwen-image": build_qwen_image(root / "tiny-qwen-image")}

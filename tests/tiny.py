@@ -5,8 +5,9 @@ from pathlib import Path
 import torch
 
 
-def byte_clip_tokenizer():
-    """A byte-level CLIP tokenizer built in memory: every byte is a token, no merges."""
+def byte_clip_tokenizer(model_max_length: int | None = 77):
+    """A byte-level CLIP tokenizer built in memory: every byte is a token, no merges (`model_max_length` None: the
+    field left out)."""
     from transformers import CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -16,18 +17,23 @@ def byte_clip_tokenizer():
         vocab[c + "</w>"] = len(vocab)
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token="<|endoftext|>")
+    limit = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return CLIPTokenizer(vocab=vocab, merges=[], pad_token="<|endoftext|>", **limit)
 
 
-def letter_t5_tokenizer():
-    """A unigram T5 tokenizer over single characters and a few words."""
+def letter_t5_tokenizer(model_max_length: int | None = 512):
+    """A unigram T5 tokenizer over single characters and a few words.
+
+    `model_max_length` None leaves the field out, as some saved tokenizers do; transformers then reports about 1e30.
+    """
     from transformers import T5Tokenizer
 
     pieces = ["<pad>", "</s>", "<unk>", "▁"]
     pieces += [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["▁" + chr(c) for c in range(ord("a"), ord("z") + 1)]
     pieces += ["▁bike", "▁wheels", "▁cat", "▁red", "▁car", "▁a"]
     vocab = [(p, 0.0 if i < 3 else -float(len(p))) for i, p in enumerate(pieces)]
-    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+    limit = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return T5Tokenizer(vocab=vocab, extra_ids=0, **limit)
 
 
 def _clip_encoder(seed: int, vocab_size: int, hidden: int):
@@ -128,35 +134,51 @@ def build_flux(path: Path, *, seed: int = 0) -> Path:
     return Path(path)
 
 
+def _umt5(seed: int, vocab_size: int):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    return UMT5EncoderModel(UMT5Config(
+        vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )).eval()
+
+
+def _wan_transformer(seed: int, in_channels: int, out_channels: int = 16, **extra):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, out_channels=out_channels,
+        in_channels=in_channels, text_dim=32, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, **extra,
+    )
+
+
+def _wan_scheduler():
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+
+
 def build_wan(path: Path, *, seed: int = 0, image_to_video: bool = False) -> Path:
     """Save a tiny random WanPipeline (2 blocks, UMT5 text encoder, 3-channel Wan VAE) to `path` and return it.
 
     `image_to_video`: a WanImageToVideoPipeline instead, with a tiny CLIP vision encoder and the image-context
     projections in every cross-attention.
     """
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
-    from diffusers import WanTransformer3DModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     t5_tok = letter_t5_tokenizer()
-    torch.manual_seed(seed + 1)
-    umt5 = UMT5EncoderModel(UMT5Config(
-        vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-    )).eval()
-    torch.manual_seed(seed + 2)
+    umt5 = _umt5(seed + 1, len(t5_tok))
     i2v = {"image_dim": 12, "added_kv_proj_dim": 16} if image_to_video else {}
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, out_channels=16,
-        in_channels=36 if image_to_video else 16,  # I2V: noise, the first-frame mask and its latents
-        text_dim=32, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32, **i2v,
-    )
+    # I2V: noise, the first-frame mask and its latents
+    transformer = _wan_transformer(seed + 2, 36 if image_to_video else 16, **i2v)
     torch.manual_seed(seed + 3)
     vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True])
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    parts = dict(tokenizer=t5_tok, text_encoder=umt5, transformer=transformer, vae=vae, scheduler=scheduler)
+    parts = dict(tokenizer=t5_tok, text_encoder=umt5, transformer=transformer, vae=vae, scheduler=_wan_scheduler())
     if image_to_video:
         torch.manual_seed(seed + 4)
         encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=12, intermediate_size=24, num_hidden_layers=2,
@@ -415,3 +437,38 @@ def build_qwen_image_edit(*, seed: int = 0, zero_cond_t: bool = False):
     return QwenImageEditPlusPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
                                      tokenizer=tokenizer, processor=qwen_vl_processor(tokenizer),
                                      transformer=transformer)
+
+
+WAN22_BOUNDARIES = {"t2v": 0.875, "i2v": 0.9}  # the A14B model cards' (and diffusers folders') boundary_ratio
+
+
+def build_wan22(path: Path, kind: str = "t2v", *, seed: int = 0, tokenizer=None) -> Path:
+    """Save a tiny random Wan 2.2 pipeline to `path` and return it.
+
+    `kind` "t2v" / "i2v": the A14B layout, a WanPipeline / WanImageToVideoPipeline with two experts of different
+    weights (`transformer` for high noise, `transformer_2` for low) switched at the card's `boundary_ratio`; I2V
+    has no image encoder and no image-context projections, only the first frame's latents as extra input channels.
+    "ti2v": the TI2V-5B layout, one 48-channel transformer over the Wan 2.2 VAE (16x spatial with its 2x2
+    patchify, 4x in time) and `expand_timesteps` (per-token timesteps; an image conditions the first latent frame).
+    `tokenizer` replaces the UMT5 tokenizer (a test saves one without `model_max_length`).
+    """
+    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanPipeline
+
+    t5_tok = tokenizer or letter_t5_tokenizer()
+    parts = dict(tokenizer=t5_tok, text_encoder=_umt5(seed + 1, len(t5_tok)), scheduler=_wan_scheduler())
+    torch.manual_seed(seed + 3)
+    if kind == "ti2v":
+        vae = AutoencoderKLWan(base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+                               dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+                               scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+        pipe = WanPipeline(transformer=_wan_transformer(seed + 2, 48, 48), vae=vae, expand_timesteps=True, **parts)
+    else:
+        vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                               temperal_downsample=[False, True, True])
+        channels = 36 if kind == "i2v" else 16
+        experts = {"transformer": _wan_transformer(seed + 2, channels),
+                   "transformer_2": _wan_transformer(seed + 5, channels)}
+        pipeline = WanImageToVideoPipeline if kind == "i2v" else WanPipeline
+        pipe = pipeline(vae=vae, boundary_ratio=WAN22_BOUNDARIES[kind], **experts, **parts)
+    pipe.save_pretrained(path)
+    return Path(path)

@@ -2,111 +2,213 @@
 
 import dataclasses
 import json
+import math
 import platform
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from types import SimpleNamespace
 
-# Real configs (diffusers `transformer/config.json` of each model); `--blocks` and `--size` shrink them for a CPU.
-CONFIGS = {
-    "sd35-large": dict(num_layers=38, num_attention_heads=38, attention_head_dim=64, joint_attention_dim=4096,
-                       caption_projection_dim=2432, pooled_projection_dim=2048, pos_embed_max_size=192,
-                       qk_norm="rms_norm", sample_size=128, in_channels=16, out_channels=16, patch_size=2),
-    "sd35-medium": dict(num_layers=24, num_attention_heads=24, attention_head_dim=64, joint_attention_dim=4096,
-                        caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=384,
-                        qk_norm="rms_norm", sample_size=128, in_channels=16, out_channels=16, patch_size=2,
-                        dual_attention_layers=tuple(range(13))),
-    "zimage-turbo": dict(n_layers=30, n_refiner_layers=2, dim=3840, n_heads=30, n_kv_heads=30, cap_feat_dim=2560,
-                         in_channels=16, all_patch_size=(2,), all_f_patch_size=(1,), axes_dims=[32, 48, 48],
-                         axes_lens=[1024, 512, 512], rope_theta=256.0, t_scale=1000.0, qk_norm=True),
-    "flux2-klein-4b": dict(num_layers=5, num_single_layers=20, num_attention_heads=24, attention_head_dim=128,
-                           joint_attention_dim=7680, in_channels=128, patch_size=1, mlp_ratio=3.0,
-                           timestep_guidance_channels=256, axes_dims_rope=(32, 32, 32, 32), rope_theta=2000,
-                           guidance_embeds=False),
-    "qwen-image": dict(num_layers=60, num_attention_heads=24, attention_head_dim=128, joint_attention_dim=3584,
-                       in_channels=64, out_channels=16, patch_size=2, axes_dims_rope=(16, 56, 56)),
-}
-FAMILIES = {"sd35-large": "sd3", "sd35-medium": "sd3", "zimage-turbo": "zimage", "flux2-klein-4b": "flux2_klein",
-            "qwen-image": "qwenimage"}
 METHODS = ("none", "vsf", "vsf-dense", "vsf-compat", "nag", "nasa", "cfg")
-# The positive's tokens in the sequence: SD3's CLIP 77 + T5 256; a Z-Image caption of 50 to 64 tokens, padded to 64
-# (it keeps no tokenizer padding); FLUX.2's Qwen3 prompt, padded to 512 and unmasked; a Qwen-Image prompt of 64
-# tokens (unpadded alone).
-POSITIVE_TOKENS = {"sd3": 77 + 256, "zimage": 64, "flux2_klein": 512, "qwenimage": 64}
-SINGLE = ("none", "vsf", "nag", "nasa", "cfg")  # compat=reference is SD3's
-SHAPE_METHODS = {"sd3": METHODS, "zimage": SINGLE, "flux2_klein": METHODS, "qwenimage": SINGLE}
-FLUX2_MAX_SIZE = 4096  # FLUX.2's rotary positions have no table; this caps the shape at 65,536 image tokens
+SINGLE = ("none", "vsf", "nag", "nasa", "cfg")  # no dense-mask step, and compat=reference is SD3's (and FLUX.2's)
+VIDEO_SIZE, VIDEO_FRAMES, MAX_FRAMES, MAX_VIDEO_SIDE = (832, 480), 81, 201, 4096
+WAN_PROMPT_TOKENS = 100  # a Wan prompt's share of its 512-token context; the rest is the pipeline's zero padding
 
 
-def layers_key(model: str) -> str:
-    return "n_layers" if FAMILIES[model] == "zimage" else "num_layers"
+def _sd3_inputs(config, latent, randn, text, device) -> dict:
+    import torch
+
+    return dict(hidden_states=randn(1, config["in_channels"], *latent), encoder_hidden_states=text,
+                pooled_projections=randn(1, config["pooled_projection_dim"]),
+                timestep=torch.tensor([500.0], device=device))
 
 
-def blocks_in(model: str, config: dict) -> int:
-    """The main blocks of a config: SD3's and Z-Image's layers, FLUX.2's double- plus single-stream blocks."""
-    if FAMILIES[model] == "flux2_klein":
-        return config["num_layers"] + config["num_single_layers"]
-    return config[layers_key(model)]
+def _zimage_inputs(config, latent, randn, text, device) -> dict:
+    """One (channels, frames, h, w) latent and one caption per item, in lists."""
+    import torch
+
+    return dict(x=[randn(config["in_channels"], 1, *latent)], t=torch.tensor([0.5], device=device), cap_feats=[text[0]])
 
 
-def max_size(model: str) -> int:
-    """The largest image side the shape takes: SD3's position table, Z-Image's rotary table (512 patches a side),
-    Qwen-Image's (4096 rows: an image's positions are centred, and text up to 1024 tokens starts at half a side)."""
-    config = CONFIGS[model]
-    if FAMILIES[model] == "flux2_klein":
-        return FLUX2_MAX_SIZE
-    if FAMILIES[model] == "qwenimage":
-        return 16 * 2 * (4096 - 1024)
-    return 16 * (config["axes_lens"][1] if "axes_lens" in config else config["pos_embed_max_size"])
+def _flux2_inputs(config, latent, randn, text, device) -> dict:
+    """32 latent channels patchified 2x2 into 128, with (t, h, w, l) image ids and (0, 0, 0, k) text ids."""
+    import torch
+
+    rows, cols = latent[0] // 2, latent[1] // 2
+    image_ids = torch.cartesian_prod(torch.arange(1), torch.arange(rows), torch.arange(cols), torch.arange(1))
+    text_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(text.shape[1]))
+    return dict(hidden_states=randn(1, rows * cols, config["in_channels"]), encoder_hidden_states=text,
+                timestep=torch.tensor([0.5], device=device), img_ids=image_ids[None].to(device),
+                txt_ids=text_ids[None].to(device))
 
 
-def _kernels(method: str):
-    """(kernel, install_joint options) for the methods that patch joint attention, at their defaults."""
+def _qwen_inputs(config, latent, randn, text, device) -> dict:
+    """2x2 patches packed into 64 channels; one prompt alone, so no text mask."""
+    import torch
+
+    rows, cols = latent[0] // 2, latent[1] // 2
+    return dict(hidden_states=randn(1, rows * cols, config["in_channels"]), encoder_hidden_states=text,
+                timestep=torch.tensor([0.5], device=device), img_shapes=[[(1, rows, cols)]])
+
+
+def _wan_inputs(config, latent, randn, text, device) -> dict:
+    """A (latent frames, h, w) video latent and a prompt zero-padded to the context, as the pipeline pads it."""
+    import torch
+
+    text[:, WAN_PROMPT_TOKENS:] = 0
+    return dict(hidden_states=randn(1, config["in_channels"], *latent), encoder_hidden_states=text,
+                timestep=torch.tensor([500.0], device=device))
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """A transformer shape to time: its real config and how the family's pipeline feeds it one step."""
+
+    family: str  # the vsf family, whose install and CFG layout the step uses
+    transformer: str  # the diffusers class
+    config: dict  # the model's `transformer/config.json`; `--blocks` and `--size` shrink it for a CPU
+    inputs: Callable[..., dict]  # (config, latent dims, randn, positive text, device) -> one call's inputs
+    text_tokens: int  # the positive's tokens in the sequence, as the pipeline pads them
+    text_key: str  # the config key of a text token's width
+    max_side: int  # the largest side its position table or rotary positions take
+    layers: tuple[str, ...] = ("num_layers",)  # the config keys that count main blocks
+    methods: tuple[str, ...] = METHODS
+    vae_factor: int = 8  # the VAE's spatial factor; sides are multiples of twice it (2x2 patches)
+    video: bool = False  # frames pack 4 to a latent frame
+
+    @property
+    def multiple(self) -> int:
+        return 2 * self.vae_factor
+
+
+SD3 = dict(attention_head_dim=64, joint_attention_dim=4096, pooled_projection_dim=2048, qk_norm="rms_norm",
+           sample_size=128, in_channels=16, out_channels=16, patch_size=2)
+WAN22 = dict(attention_head_dim=128, text_dim=4096, freq_dim=256, patch_size=(1, 2, 2), cross_attn_norm=True,
+             qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+SHAPES = {
+    "sd35-large": Shape(
+        "sd3", "SD3Transformer2DModel",
+        dict(SD3, num_layers=38, num_attention_heads=38, caption_projection_dim=2432, pos_embed_max_size=192),
+        _sd3_inputs, text_tokens=77 + 256, text_key="joint_attention_dim", max_side=16 * 192),
+    "sd35-medium": Shape(
+        "sd3", "SD3Transformer2DModel",
+        dict(SD3, num_layers=24, num_attention_heads=24, caption_projection_dim=1536, pos_embed_max_size=384,
+             dual_attention_layers=tuple(range(13))),
+        _sd3_inputs, text_tokens=77 + 256, text_key="joint_attention_dim", max_side=16 * 384),
+    # A caption of 50 to 64 tokens, padded to 64 (Z-Image keeps no tokenizer padding); 512 rotary patches a side.
+    "zimage-turbo": Shape(
+        "zimage", "ZImageTransformer2DModel",
+        dict(n_layers=30, n_refiner_layers=2, dim=3840, n_heads=30, n_kv_heads=30, cap_feat_dim=2560, in_channels=16,
+             all_patch_size=(2,), all_f_patch_size=(1,), axes_dims=[32, 48, 48], axes_lens=[1024, 512, 512],
+             rope_theta=256.0, t_scale=1000.0, qk_norm=True),
+        _zimage_inputs, text_tokens=64, text_key="cap_feat_dim", max_side=16 * 512, layers=("n_layers",),
+        methods=SINGLE),
+    # Qwen3's prompt padded to 512 and unmasked; rotary positions have no table, so 4096 caps it at 65,536 tokens.
+    "flux2-klein-4b": Shape(
+        "flux2_klein", "Flux2Transformer2DModel",
+        dict(num_layers=5, num_single_layers=20, num_attention_heads=24, attention_head_dim=128,
+             joint_attention_dim=7680, in_channels=128, patch_size=1, mlp_ratio=3.0, timestep_guidance_channels=256,
+             axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, guidance_embeds=False),
+        _flux2_inputs, text_tokens=512, text_key="joint_attention_dim", max_side=4096,
+        layers=("num_layers", "num_single_layers")),
+    # A prompt of 64 tokens, unpadded alone; 4096 rotary rows, centred, and text up to 1024 from half a side.
+    "qwen-image": Shape(
+        "qwenimage", "QwenImageTransformer2DModel",
+        dict(num_layers=60, num_attention_heads=24, attention_head_dim=128, joint_attention_dim=3584, in_channels=64,
+             out_channels=16, patch_size=2, axes_dims_rope=(16, 56, 56)),
+        _qwen_inputs, text_tokens=64, text_key="joint_attention_dim", max_side=16 * 2 * (4096 - 1024),
+        methods=SINGLE),
+    # Wan 2.2 A14B: each expert has this shape, and one of the two runs per step, so a step costs one expert.
+    # No position table: the side's bound is a sanity one.
+    "wan22-a14b": Shape(
+        "wan", "WanTransformer3DModel",
+        dict(WAN22, num_layers=40, num_attention_heads=40, ffn_dim=13824, in_channels=16, out_channels=16),
+        _wan_inputs, text_tokens=512, text_key="text_dim", max_side=MAX_VIDEO_SIDE, methods=SINGLE, video=True),
+    "wan22-ti2v-5b": Shape(
+        "wan", "WanTransformer3DModel",
+        dict(WAN22, num_layers=30, num_attention_heads=24, ffn_dim=14336, in_channels=48, out_channels=48),
+        _wan_inputs, text_tokens=512, text_key="text_dim", max_side=MAX_VIDEO_SIDE, methods=SINGLE, vae_factor=16,
+        video=True),
+}
+
+
+def blocks_in(config: dict, shape: Shape) -> int:
+    """The main blocks of a config: e.g. FLUX.2's double- plus single-stream blocks."""
+    return sum(config[key] for key in shape.layers)
+
+
+def _reduced(shape: Shape, blocks: int | None) -> dict:
+    """The config with `blocks` main blocks. Z-Image's refiners shrink in proportion, to one at least, so that the
+    refiners (which guidance leaves alone) weigh about what they weigh in the full model; FLUX.2's blocks split as
+    the model's 5 double to 20 single, with one double block at least: 5 is 1 + 4, 2 is 1 + 1."""
+    config = dict(shape.config)
+    if not blocks:
+        return config
+    if len(shape.layers) == 2:
+        first, second = shape.layers
+        double = max(1, round(blocks * config[first] / blocks_in(config, shape)))
+        return {**config, first: double, second: blocks - double}
+    key = shape.layers[0]
+    if "dual_attention_layers" in config:
+        config["dual_attention_layers"] = tuple(i for i in config["dual_attention_layers"] if i < blocks)
+    if "n_refiner_layers" in config:
+        config["n_refiner_layers"] = max(1, round(config["n_refiner_layers"] * blocks / config[key]))
+    return {**config, key: blocks}
+
+
+def _kernel_method(method: str):
+    """The guidance method a bench row names, at its defaults."""
     from vsf_cli import guidance
-    from vsf_cli.guidance.oracle import vsf_joint_dense
 
-    if method == "vsf-dense":  # the seed code's way: one SDPA with a dense float mask
-        vsf = guidance.create("vsf")
-        return partial(vsf_joint_dense, scale=vsf.scale, offset=vsf.offset, exact=False), {}
-    guide = guidance.create("vsf", compat="reference") if method == "vsf-compat" else guidance.create(method)
-    return guide.kernel(), guide.options()
+    return guidance.create("vsf", compat="reference") if method == "vsf-compat" else guidance.create(method)
 
 
-def run(model: str = "sd35-large", *, blocks: int | None = None, size: int = 1024, neg_tokens: int = 8,
-        steps: int = 8, repeats: int = 5, warmup: int = 1, methods=METHODS, device: str = "auto",
-        dtype: str = "auto") -> dict:
-    """Time one transformer step per method (median over interleaved repeats) and report ratios to `none`."""
+def run(model: str = "sd35-large", *, blocks: int | None = None, size: tuple[int, int] = (1024, 1024),
+        frames: int | None = None, neg_tokens: int = 8, steps: int = 8, repeats: int = 5, warmup: int = 1,
+        methods=METHODS, device: str = "auto", dtype: str = "auto") -> dict:
+    """Time one transformer step per method (median over interleaved repeats) and report ratios to `none`.
+
+    `size` is (width, height); `frames` (video shapes only) the clip length, 4k+1.
+    """
+    import diffusers
     import torch
 
     from vsf_cli.guidance.joint import install_joint
+    from vsf_cli.guidance.oracle import vsf_joint_dense
     from vsf_cli.models import families
     from vsf_cli.models.loading import quiet_libraries, resolve_device, resolve_dtype
 
+    shape = SHAPES[model]
     device = resolve_device(device)
     torch_dtype = getattr(torch, resolve_dtype(dtype, device))
-    family = families.get(FAMILIES[model])
-    config = _reduced(model, blocks)
+    family = families.get(shape.family)
+    config = _reduced(shape, blocks)
     torch.manual_seed(0)
     # `.to(dtype)` on a model diffusers built would log "modules that should be kept in float32: []": there are none.
     with quiet_libraries():
-        transformer = _transformer_class(family.name)(**config).to(device, torch_dtype).eval()
+        transformer = getattr(diffusers, shape.transformer)(**config).to(device, torch_dtype).eval()
     gen = torch.Generator().manual_seed(0)
 
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen).to(device, torch_dtype)
+    def randn(*dims):
+        return torch.randn(*dims, generator=gen).to(device, torch_dtype)
 
-    n_text, width = POSITIVE_TOKENS[family.name], _text_width(family.name, config)
-    inputs = _inputs(family.name, size, randn, n_text, width, device)
+    width, height = size
+    factor, n_text = shape.vae_factor, shape.text_tokens
+    latent = (height // factor, width // factor)
+    if shape.video:
+        latent = ((frames - 1) // 4 + 1, *latent)
+    text_width = config[shape.text_key]
+    inputs = shape.inputs(config, latent, randn, randn(1, n_text, text_width), device)
     cfg_inputs = {k: v + v if isinstance(v, list) else torch.cat([v, v]) for k, v in inputs.items()}
     pipe = SimpleNamespace(transformer=transformer)
 
     def negative_family(padded):
         n = n_text if padded else neg_tokens
         # The family with random negative tokens: nothing here loads text encoders.
-        return dataclasses.replace(family, encode_negative=lambda pipe, text, padded: randn(1, n, width))
+        return dataclasses.replace(family, encode_negative=lambda pipe, text, padded: randn(1, n, text_width))
 
     def step(method):
         if method == "cfg" and family.cfg_separate_pass:  # the pipeline runs the unconditional pass as its own call
@@ -114,11 +216,17 @@ def run(model: str = "sd35-large", *, blocks: int | None = None, size: int = 102
         kwargs = cfg_inputs if method == "cfg" else inputs
         if method in ("none", "cfg"):
             return lambda: transformer(**kwargs)
-        kernel, options = _kernels(method)
-        installed = install_joint(pipe, negative_family(options.get("padded", False)), ["negative"], kernel, **options)
+        if method == "vsf-dense":  # the seed code's way: one SDPA with a dense float mask
+            vsf = _kernel_method("vsf")
+            installed = install_joint(pipe, negative_family(False), ["negative"],
+                                      partial(vsf_joint_dense, scale=vsf.scale, offset=vsf.offset, exact=False))
+        else:
+            guide = _kernel_method(method)
+            installed = guide.install_family(pipe, negative_family(guide.options().get("padded", False)),
+                                             ["negative"])
 
         def call():
-            return transformer(**kwargs)
+            return transformer(**inputs)
         call.installed = installed
         return call
 
@@ -145,72 +253,34 @@ def run(model: str = "sd35-large", *, blocks: int | None = None, size: int = 102
     rows = []
     for method in methods:
         median = statistics.median(times[method])
+        # Each round's time over `none`'s in the same round: on a shared machine, load that comes and goes
+        # between rounds cancels out of this ratio, where it widens the spread of the medians.
+        paired = [t / n for t, n in zip(times[method], times["none"])] if base else None
         rows.append({"method": method, "step_ms": round(1000 * median, 2),
                      "spread_ms": [round(1000 * min(times[method]), 2), round(1000 * max(times[method]), 2)],
                      "image_s": round(steps * median, 3),
                      "ratio": round(median / base, 3) if base else None,
+                     "paired_ratio": round(statistics.median(paired), 3) if paired else None,
                      "peak_mib": round(peak[method], 1) if method in peak else None})
     from vsf_cli.guidance.attention import attention_lse
 
-    split = ({"blocks_split": f"{config['num_layers']} double + {config['num_single_layers']} single"}
-             if family.name == "flux2_klein" else {})
+    split = {}
+    if len(shape.layers) == 2:
+        split = {"blocks_split": " + ".join(f"{config[key]} {kind}"
+                                            for key, kind in zip(shape.layers, ("double", "single")))}
+    tokens = math.prod(latent[:-2]) * (latent[-2] // 2) * (latent[-1] // 2)  # 2x2 patches
+    if shape.video:
+        layout = {"size": f"{width}x{height}", "frames": frames, "image_tokens": tokens}
+    else:
+        layout = {"size": width if width == height else f"{width}x{height}", "image_tokens": tokens}
     return {
-        "model": model, "blocks": blocks_in(model, config), **split, "size": size, "image_tokens": (size // 16) ** 2,
-        "text_tokens": n_text, "negative_tokens": neg_tokens, "steps": steps, "repeats": repeats,
-        "device": _device_name(device), "dtype": str(torch_dtype).removeprefix("torch."),
-        "attention_backend": getattr(attention_lse, "backend", None), "versions": _versions(), "rows": rows,
+        "model": model, "blocks": blocks_in(config, shape), **split, **layout, "text_tokens": n_text,
+        "negative_tokens": neg_tokens, "steps": steps, "repeats": repeats, "device": _device_name(device),
+        "dtype": str(torch_dtype).removeprefix("torch."),
+        # Wan's kernels are plain SDPA calls, which name no backend; the joint ones use attention_lse.
+        "attention_backend": None if family.attention == "cross" else getattr(attention_lse, "backend", None),
+        "versions": _versions(), "rows": rows,
     }
-
-
-def _reduced(model: str, blocks: int | None) -> dict:
-    """The model's config with `blocks` main blocks; Z-Image's refiners shrink in proportion, to one at least,
-    so that the refiners (which guidance leaves alone) weigh about what they weigh in the full model. FLUX.2's
-    blocks split as the model's 5 double to 20 single, with one double block at least: 5 is 1 + 4, 2 is 1 + 1."""
-    config = dict(CONFIGS[model])
-    if not blocks:
-        return config
-    if FAMILIES[model] == "flux2_klein":
-        double = max(1, round(blocks * config["num_layers"] / blocks_in(model, config)))
-        return {**config, "num_layers": double, "num_single_layers": blocks - double}
-    key = layers_key(model)
-    if "dual_attention_layers" in config:
-        config["dual_attention_layers"] = tuple(i for i in config["dual_attention_layers"] if i < blocks)
-    if "n_refiner_layers" in config:
-        config["n_refiner_layers"] = max(1, round(config["n_refiner_layers"] * blocks / config[key]))
-    return {**config, key: blocks}
-
-
-def _transformer_class(family: str):
-    import diffusers
-
-    return {"sd3": diffusers.SD3Transformer2DModel, "zimage": diffusers.ZImageTransformer2DModel,
-            "flux2_klein": diffusers.Flux2Transformer2DModel, "qwenimage": diffusers.QwenImageTransformer2DModel}[family]
-
-
-def _text_width(family: str, config: dict) -> int:
-    return config["cap_feat_dim"] if family == "zimage" else config["joint_attention_dim"]
-
-
-def _inputs(family: str, size: int, randn, n_text: int, width: int, device) -> dict:
-    """One denoiser call's inputs for a batch of one, as the family's pipeline makes them (8x VAE, 16 channels)."""
-    import torch
-
-    latent = size // 8
-    if family == "zimage":  # one (channels, frames, h, w) latent and one caption per item, in lists
-        return dict(x=[randn(16, 1, latent, latent)], t=torch.tensor([0.5], device=device), cap_feats=[randn(n_text, width)])
-    if family == "flux2_klein":  # 32 latent channels patchified 2x2 into 128, with (t, h, w, l) and (0, 0, 0, k) ids
-        side = size // 16
-        image_ids = torch.cartesian_prod(torch.arange(1), torch.arange(side), torch.arange(side), torch.arange(1))
-        text_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(n_text))
-        return dict(hidden_states=randn(1, side * side, 128), encoder_hidden_states=randn(1, n_text, width),
-                    timestep=torch.tensor([0.5], device=device), img_ids=image_ids[None].to(device),
-                    txt_ids=text_ids[None].to(device))
-    if family == "qwenimage":  # 2x2 patches packed into 64 channels; one prompt alone, so no text mask
-        side = latent // 2
-        return dict(hidden_states=randn(1, side * side, 64), encoder_hidden_states=randn(1, n_text, width),
-                    timestep=torch.tensor([0.5], device=device), img_shapes=[[(1, side, side)]])
-    return dict(hidden_states=randn(1, 16, latent, latent), encoder_hidden_states=randn(1, n_text, width),
-                pooled_projections=randn(1, 2048), timestep=torch.tensor([500.0], device=device))
 
 
 def attention_only(image_tokens: int = 4096, heads: int = 38, neg_tokens: int = 8, repeats: int = 5,
@@ -229,7 +299,7 @@ def attention_only(image_tokens: int = 4096, heads: int = 38, neg_tokens: int = 
     def group(n):
         return tuple(torch.randn(1, heads, n, 64, generator=gen).to(device, torch_dtype) for _ in range(3))
 
-    image, positive, negative = group(image_tokens), group(POSITIVE_TOKENS["sd3"]), group(neg_tokens)
+    image, positive, negative = group(image_tokens), group(SHAPES["sd35-large"].text_tokens), group(neg_tokens)
     calls = {
         "none": lambda: torch.nn.functional.scaled_dot_product_attention(
             *(torch.cat([a, b], 2) for a, b in zip(image, positive))),
@@ -318,15 +388,23 @@ def _versions() -> dict:
 
 def table(result: dict) -> str:
     """A markdown table of one run, with the setup written next to the numbers."""
+    if "frames" in result:  # video: the negative sits inside the text context (VSF) or after it (NAG, NASA)
+        shape = (f"{result['size']}, {result['frames']} frames ({result['image_tokens']} video tokens, a "
+                 f"{result['text_tokens']}-token text context, {result['negative_tokens']} negative tokens)")
+    else:
+        side = f"{result['size']}²" if isinstance(result["size"], int) else result["size"]
+        shape = (f"{side} ({result['image_tokens']} image + {result['text_tokens']} text + "
+                 f"{result['negative_tokens']} negative tokens)")
+    backend = f", attention with lse: {result['attention_backend']}" if result["attention_backend"] else ""
     split = f" ({result['blocks_split']})" if "blocks_split" in result else ""
-    lines = [f"{result['model']}, {result['blocks']} blocks{split}, {result['size']}² ({result['image_tokens']} image + "
-             f"{result['text_tokens']} text + {result['negative_tokens']} negative tokens), {result['dtype']} on "
-             f"{result['device']}, attention with lse: {result['attention_backend']}; "
-             + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
-             "", "| method | ms / step (median) | min–max | × none | peak MiB |", "|---|---|---|---|---|"]
+    lines = [f"{result['model']}, {result['blocks']} blocks{split}, {shape}, {result['dtype']} on {result['device']}"
+             f"{backend}; " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+             "", "| method | ms / step (median) | min–max | × none | × none, paired by round | peak MiB |",
+             "|---|---|---|---|---|---|"]
     for row in result["rows"]:
         lines.append(f"| {row['method']} | {row['step_ms']} | {row['spread_ms'][0]}–{row['spread_ms'][1]} | "
-                     f"{row['ratio']} | {row['peak_mib'] if row['peak_mib'] is not None else '—'} |")
+                     f"{row['ratio']} | {row['paired_ratio']} | "
+                     f"{row['peak_mib'] if row['peak_mib'] is not None else '—'} |")
     return "\n".join(lines)
 
 
@@ -336,43 +414,67 @@ MAX_REPEATS = 1000
 MAX_WARMUP = 100
 
 
-def check_options(model: str, blocks: int | None, size: int, neg_tokens: int, repeats: int, warmup: int,
-                  methods: str | None) -> tuple[str, ...]:
-    """Refuse out-of-range options with one line before anything heavy is imported; returns the method tuple."""
+def check_options(model: str, blocks: int | None, size: str | int | None, neg_tokens: int, repeats: int,
+                  warmup: int, methods: str | None, frames: int | None = None) -> tuple[tuple[str, ...], tuple, int]:
+    """Refuse out-of-range options with one line before anything heavy is imported.
+
+    Returns the method tuple (None: all the shape takes), (width, height) from `size` ("N" or "WxH"; None: 1024²,
+    or 832x480 for video) and the frame count (video shapes; None: 81).
+    """
     from vsf_cli.errors import UsageError
 
-    if model not in CONFIGS:
-        raise UsageError(f"--model {model!r}: choose from {', '.join(CONFIGS)}")
-    layers, largest = blocks_in(model, CONFIGS[model]), max_size(model)
+    if model not in SHAPES:
+        raise UsageError(f"--model {model!r}: choose from {', '.join(SHAPES)}")
+    shape = SHAPES[model]
+    layers = blocks_in(shape.config, shape)
     if blocks is not None and not 1 <= blocks <= layers:
         raise UsageError(f"--blocks {blocks}: {model} has 1 to {layers} blocks")
-    if not 16 <= size <= largest or size % 16:
-        raise UsageError(f"--size {size}: a multiple of 16 from 16 to {largest} for {model}")
+    multiple, largest = shape.multiple, shape.max_side
+    sides = _sides(size, VIDEO_SIZE if shape.video else (1024, 1024))
+    if sides is None or not all(multiple <= side <= largest and side % multiple == 0 for side in sides):
+        raise UsageError(f"--size {size}: a multiple of {multiple} from {multiple} to {largest} for {model} "
+                         "(N, or WxH)")
+    if not shape.video and frames is not None:
+        raise UsageError(f"--frames is for the video shapes ({', '.join(m for m, s in SHAPES.items() if s.video)}); "
+                         f"{model} makes images")
+    frames = VIDEO_FRAMES if shape.video and frames is None else frames
+    if shape.video and not (1 <= frames <= MAX_FRAMES and (frames - 1) % 4 == 0):
+        raise UsageError(f"--frames {frames}: 4k+1 from 1 to {MAX_FRAMES} (Wan's VAE packs 4 frames per latent)")
     if not 1 <= neg_tokens <= MAX_NEG_TOKENS:
         raise UsageError(f"--neg-tokens {neg_tokens}: 1 to {MAX_NEG_TOKENS}")
     if not 1 <= repeats <= MAX_REPEATS:
         raise UsageError(f"--repeats {repeats}: 1 to {MAX_REPEATS}")
     if not 0 <= warmup <= MAX_WARMUP:
         raise UsageError(f"--warmup {warmup}: 0 to {MAX_WARMUP}")
-    offered = SHAPE_METHODS[FAMILIES[model]]
     if methods is None:
-        return offered
+        return shape.methods, sides, frames
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
     unknown = [m for m in chosen if m not in METHODS]
     if unknown or not chosen:
         raise UsageError(f"--methods {methods!r}: a comma-separated subset of {','.join(METHODS)}")
-    if any(m not in offered for m in chosen):
-        raise UsageError(f"--methods {methods!r}: {model} takes {','.join(offered)}")
-    return chosen
+    if any(m not in shape.methods for m in chosen):
+        raise UsageError(f"--methods {methods!r}: {model} takes {','.join(shape.methods)}")
+    return chosen, sides, frames
 
 
-def benchmark(model: str = "sd35-large", *, blocks: int | None = None, size: int = 1024, neg_tokens: int = 8,
-              repeats: int = 5, warmup: int = 1, methods: str | None = None, device: str = "auto",
-              dtype: str = "auto", attention: bool = False) -> dict:
+def _sides(size: str | int | None, default: tuple[int, int]) -> tuple[int, int] | None:
+    """(width, height) from "N", N or "WxH"; None when it is neither."""
+    if size is None:
+        return default
+    parts = str(size).lower().split("x")
+    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+        return None
+    width, height = (int(p) for p in parts) if len(parts) == 2 else (int(parts[0]),) * 2
+    return width, height
+
+
+def benchmark(model: str = "sd35-large", *, blocks: int | None = None, size: str | int | None = None,
+              frames: int | None = None, neg_tokens: int = 8, repeats: int = 5, warmup: int = 1,
+              methods: str | None = None, device: str = "auto", dtype: str = "auto", attention: bool = False) -> dict:
     """The whole benchmark behind both command lines: per-step rows, the cold start and, optionally, single calls."""
-    chosen = check_options(model, blocks, size, neg_tokens, repeats, warmup, methods)
-    result = run(model, blocks=blocks, size=size, neg_tokens=neg_tokens, repeats=repeats, warmup=warmup,
-                 methods=chosen, device=device, dtype=dtype)
+    chosen, sides, frames = check_options(model, blocks, size, neg_tokens, repeats, warmup, methods, frames)
+    result = run(model, blocks=blocks, size=sides, frames=frames, neg_tokens=neg_tokens, repeats=repeats,
+                 warmup=warmup, methods=chosen, device=device, dtype=dtype)
     result["cold_start_help_s"] = cold_start()
     if attention:
         result["attention_only"] = attention_only(device=device, dtype=dtype)
@@ -395,13 +497,16 @@ def main(argv: list[str] | None = None) -> None:
     from vsf_cli.errors import UsageError
 
     parser = argparse.ArgumentParser(prog="python -m vsf_cli.bench", description=__doc__)
-    parser.add_argument("--model", choices=sorted(CONFIGS), default="sd35-large", help="transformer shape to build")
+    parser.add_argument("--model", choices=sorted(SHAPES), default="sd35-large", help="transformer shape to build")
     parser.add_argument("--blocks", type=int, help="keep only this many blocks (CPU: 2-4)")
-    parser.add_argument("--size", type=int, default=1024, help="image side in pixels, a multiple of 16 (CPU: 512)")
+    parser.add_argument("--size", help="N or WxH in pixels: multiples of 16 (wan22-ti2v-5b: 32); default 1024, "
+                        "832x480 for Wan (CPU: 512, or fewer --frames)")
+    parser.add_argument("--frames", type=int, help="video shapes: frames, 4k+1 (default 81; CPU: 1-9)")
     parser.add_argument("--neg-tokens", type=int, default=8, help=f"unpadded negative length (VSF), 1-{MAX_NEG_TOKENS}")
     parser.add_argument("--repeats", type=int, default=5, help=f"timed rounds, 1-{MAX_REPEATS}")
     parser.add_argument("--warmup", type=int, default=1, help=f"untimed rounds first, 0-{MAX_WARMUP}")
-    parser.add_argument("--methods", help="comma-separated subset of " + ",".join(METHODS) + " (default: all the model takes)")
+    parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all the "
+                        "model takes)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--attention", action="store_true",
@@ -409,9 +514,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     try:
-        result = benchmark(args.model, blocks=args.blocks, size=args.size, neg_tokens=args.neg_tokens,
-                           repeats=args.repeats, warmup=args.warmup, methods=args.methods, device=args.device,
-                           dtype=args.dtype, attention=args.attention)
+        result = benchmark(args.model, blocks=args.blocks, size=args.size, frames=args.frames,
+                           neg_tokens=args.neg_tokens, repeats=args.repeats, warmup=args.warmup, methods=args.methods,
+                           device=args.device, dtype=args.dtype, attention=args.attention)
     except UsageError as e:
         parser.error(str(e))
     print(json.dumps(result) if args.json else report(result))

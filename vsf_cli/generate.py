@@ -36,32 +36,41 @@ class Renderer:
         self.siblings: dict = {}
 
     def _pipeline_for(self, settings: dict):
-        """The loaded pipeline, or its image-to-image / inpainting sibling sharing the loaded weights, plus the
-        call's inputs for its task."""
+        """The loaded pipeline, or its image-to-image / inpainting / image-to-video sibling sharing the loaded
+        weights, plus the call's inputs for its task."""
         from vsf_cli.render.images import fitted
 
         size = settings["width"], settings["height"]
-        if self.family.video:  # image-to-video models are loaded as such; the image is their first frame
+        if self.family.video:
             inputs = {"num_frames": settings["frames"], "output_type": "np"}
-            return self.pipe, inputs | ({"image": fitted(settings["image"], *size, "RGB")} if settings["image"] else {})
+            if not settings["image"]:
+                return self.pipe, inputs
+            # Image-to-video models are loaded as such; a text-to-video model that takes a first frame (Wan 2.2
+            # TI2V) gets its image-to-video sibling.
+            loaded = type(self.pipe).__name__ == self.family.pipelines["img2video"]  # by name: importing chatters
+            pipe = self.pipe if loaded else self._sibling("img2video")
+            return pipe, inputs | {"image": fitted(settings["image"], *size, "RGB")}
         if not settings["image"]:
             return self.pipe, {"output_type": "np"}
         if self.task == "edit":  # the loaded pipeline edits its input image
             return self.pipe, {"image": fitted(settings["image"], *size, "RGB"), "output_type": "np"}
         kind = "inpaint" if settings["mask"] else "img2img"
-        if kind not in self.siblings:
-            from vsf_cli.models.loading import quiet_libraries
-
-            sibling = self.family.pipeline_class(kind)
-            with quiet_libraries():
-                self.siblings[kind] = sibling.from_pipe(self.pipe)
-            self.siblings[kind].set_progress_bar_config(disable=True)
         inputs = {"image": fitted(settings["image"], *size, "RGB"), "output_type": "np"}
         if settings["strength"] is not None:  # None: the family conditions on the image (FLUX.2)
             inputs["strength"] = settings["strength"]
         if settings["mask"]:
             inputs["mask_image"] = fitted(settings["mask"], *size, "L")
-        return self.siblings[kind], inputs
+        return self._sibling(kind), inputs
+
+    def _sibling(self, kind: str):
+        """The family's pipeline for `kind` built once from the loaded components (no second load)."""
+        if kind not in self.siblings:
+            from vsf_cli.models.loading import quiet_libraries
+
+            with quiet_libraries():
+                self.siblings[kind] = self.family.pipeline_class(kind).from_pipe(self.pipe)
+            self.siblings[kind].set_progress_bar_config(disable=True)
+        return self.siblings[kind]
 
     def _guidance_arguments(self, settings: dict, denoiser) -> dict:
         """The pipeline's guidance arguments before the method's own: CFG off where it is its own argument
@@ -103,7 +112,8 @@ class Renderer:
         if settings["image"] and settings["strength"] == 0:
             output = np.asarray(inputs["image"], dtype=np.float32) / 255  # nothing is repainted: the input, resized
         else:
-            with guidance.apply(pipe, settings["method"], negative=settings["negative"], **params) as extra, \
+            with guidance.apply(pipe, settings["method"], negative=settings["negative"],
+                                max_sequence_length=settings["max_sequence_length"], **params) as extra, \
                     library_warnings(self.warn):
                 result = pipe(
                     prompt=settings["prompt"], num_inference_steps=settings["steps"], width=settings["width"],

@@ -126,13 +126,14 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None, v
         settings = GenSettings(**merged).model_dump()
     except ValidationError as e:
         raise UsageError("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+    multiple = spec.size_multiple or family.size_multiple
     for side in ("width", "height"):
-        if settings[side] % family.size_multiple:
-            raise UsageError(f"size: {side} {settings[side]} is not a multiple of {family.size_multiple}")
-    _check_video(settings, family, warn)
-    limits.check_before_load(settings, family, spec.source)
+        if settings[side] % multiple:
+            raise UsageError(f"size: {side} {settings[side]} is not a multiple of {multiple}")
+    _check_video(settings, family, spec, warn)
     for source in settings["lora"]:
-        check_lora(source)
+        check_lora(source, family)
+    limits.check_before_load(settings, family, spec.source)
     method = settings["method"]
     if method == "cfg" and family.cfg_refused:
         raise UsageError(family.cfg_refused)
@@ -164,8 +165,12 @@ def nearest_frame_counts(frames: int, step: int) -> list[int]:
     return [n for n in (below, below + step) if n >= 1]
 
 
-def _check_video(settings: dict, family, warn: Callable[[str], None]) -> None:
-    """Video settings only for video models; frame counts the VAE can pack; the trim leaves frames."""
+def _check_video(settings: dict, family, spec, warn: Callable[[str], None]) -> None:
+    """Video settings only for video models; frame counts the VAE can pack; the trim leaves frames.
+
+    A model's default frame count is the clip length it was trained on (81 for Wan 2.1 and A14B, 121 for TI2V-5B);
+    longer clips drift, so they get a warning.
+    """
     if not family.video:
         given = [k for k in VIDEO_SETTINGS if settings[k] is not None]
         if given:
@@ -175,9 +180,8 @@ def _check_video(settings: dict, family, warn: Callable[[str], None]) -> None:
     if (frames - 1) % step:
         raise UsageError(f"frames: {frames} is not {step}k+1 ({family.label} makes 1 + {step}k frames); "
                          f"use {' or '.join(map(str, nearest_frame_counts(frames, step)))}")
-    if family.frames_trained and frames > family.frames_trained:
-        warn(f"{frames} frames is more than the {family.frames_trained} {family.label} was trained on; "
-             "expect repetition or drift")
+    if spec.frames and frames > spec.frames:
+        warn(f"{frames} frames is more than the {spec.frames} {spec.alias} was trained on; expect repetition or drift")
     if settings["trim_start"] >= frames:
         raise UsageError(f"trim_start: dropping {settings['trim_start']} of {frames} frames leaves none")
     if settings["vae_tiling"] is None:
@@ -236,8 +240,11 @@ def _image_inputs(merged: dict, warn: Callable[[str], None], spec, family) -> di
 
 def _first_frame(merged: dict, image, spec) -> dict:
     """Image-to-video: the model's pixel area at the image's aspect ratio (as diffusers' Wan I2V example sizes it)."""
-    if spec.task != "img2video":
-        raise UsageError(f"{spec.alias} makes video from text; --image needs an image-to-video model (wan-i2v-14b)")
+    if spec.task != "img2video" and not spec.takes_image:
+        from vsf_cli.models.registry import MODELS
+
+        known = ", ".join(alias for alias, m in MODELS.items() if m.task == "img2video" or m.takes_image)
+        raise UsageError(f"{spec.alias} makes video from text; --image needs an image-to-video model ({known})")
     for key in ("mask", "strength"):
         if merged.get(key) is not None:
             raise UsageError(f"--{key} is for images; image-to-video takes --image only")
@@ -245,7 +252,7 @@ def _first_frame(merged: dict, image, spec) -> dict:
         return {}
     aspect = image.size[1] / image.size[0]
     area = spec.width * spec.height
-    multiple = families.get(spec.family).size_multiple
+    multiple = spec.size_multiple or families.get(spec.family).size_multiple
     height = max(multiple, round((area * aspect) ** 0.5) // multiple * multiple)
     width = max(multiple, round((area / aspect) ** 0.5) // multiple * multiple)
     return {"width": width, "height": height}

@@ -15,8 +15,9 @@ from pydantic.fields import FieldInfo
 # key is the same name, except for those `to_settings` renames.
 _WRITTEN: dict[str, tuple[type, str]] = {
     "neg": (str, "What to keep out: the negative prompt."),
-    "size": (str, "WIDTHxHEIGHT, or one number for a square; multiples of 16."),
-    "lora": (list[str], "LoRA as PATH_OR_HUB_ID[:SCALE], repeatable; safetensors only. (scale default: 1.0)"),
+    "size": (str, "WIDTHxHEIGHT, or one number for a square; multiples of 16 (32 for wan22-ti2v-5b)."),
+    "lora": (list[str], "LoRA as [EXPERT=]PATH_OR_HUB_ID[:SCALE], repeatable; safetensors only. Into every "
+             "transformer, or with high= / low= into one Wan 2.2 A14B expert. (scale default: 1.0)"),
     "device": (str, "cuda, cuda:1, mps or cpu. (default: auto; `vsf batch` under torchrun: cuda:$LOCAL_RANK)"),
     "dtype": (str, "float16, bfloat16 or float32. (default: auto: bfloat16 on GPU, float32 on CPU)"),
     "offload": (str, "none, model (whole models move to the GPU in turn) or sequential (layer by layer, least "

@@ -76,17 +76,20 @@ def create(method: str, **params):
 
 
 @contextlib.contextmanager
-def apply(pipe, method: str = "vsf", *, negative: str | list[str] | None = None, **params):
+def apply(pipe, method: str = "vsf", *, negative: str | list[str] | None = None,
+          max_sequence_length: int | None = None, **params):
     """Install a guidance method on `pipe` for the duration of the block; leaving it restores the pipeline exactly.
 
-    `negative` is one string for every prompt, or a list with one string per prompt. The block yields the
-    extra pipeline-call arguments the method needs (only `cfg` has any): `pipe(prompt, **extra)`.
+    `negative` is one string for every prompt, or a list with one string per prompt. `max_sequence_length` is the
+    one the pipeline call will get, where the negative is cut as the pipeline cuts the positive (None: the
+    pipeline's default). The block yields the extra pipeline-call arguments the method needs (only `cfg` has
+    any): `pipe(prompt, **extra)`.
     """
     guide = create(method, **params)
     negatives = [negative] if isinstance(negative, str) else list(negative or [])
     if guide.needs_negative and (not negatives or not all(isinstance(n, str) and n.strip() for n in negatives)):
         raise UsageError(f"{method} needs a non-empty negative prompt")
-    installed = guide.install(pipe, negatives)
+    installed = guide.install(pipe, negatives, max_sequence_length=max_sequence_length)
     try:
         yield guide.call_kwargs(pipe, negatives)
     finally:

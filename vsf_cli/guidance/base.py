@@ -12,7 +12,7 @@ class Method(BaseModel):
 
     needs_negative: ClassVar[bool] = True
 
-    def install(self, pipe, negatives: list[str]):
+    def install(self, pipe, negatives: list[str], max_sequence_length: int | None = None):
         raise NotImplementedError
 
     def call_kwargs(self, pipe, negatives: list[str]) -> dict:
@@ -39,10 +39,20 @@ class AttentionMethod(Method):
         """Keyword arguments for the install (negative padding, stream layout, per-call activity)."""
         return {}
 
-    def install(self, pipe, negatives: list[str]):
+    def install(self, pipe, negatives: list[str], max_sequence_length: int | None = None):
+        import dataclasses
+        from functools import partial
+
         from vsf_cli.models import families
 
         family = families.of(pipe)
+        # The call's text length reaches the family's negative encoder, which cuts the negative there.
+        family = dataclasses.replace(
+            family, encode_negative=partial(family.encode_negative, max_sequence_length=max_sequence_length))
+        return self.install_family(pipe, family, negatives)
+
+    def install_family(self, pipe, family, negatives: list[str]):
+        """Install on `pipe` laid out as `family` says (the benchmark passes one with random negative tokens)."""
         if family.attention == "cross":
             from vsf_cli.guidance.cross import install_cross
 

@@ -11,7 +11,7 @@ class CFG(Method):
 
     cfg_scale: float = Field(4.5, gt=1.0, le=30.0, description="guidance scale w; two passes per step")
 
-    def install(self, pipe, negatives: list[str]):
+    def install(self, pipe, negatives: list[str], max_sequence_length: int | None = None):
         from vsf_cli.guidance.install import Installation
         from vsf_cli.models import families
 

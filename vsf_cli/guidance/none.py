@@ -10,7 +10,7 @@ class NoGuidance(Method):
 
     needs_negative: ClassVar[bool] = False
 
-    def install(self, pipe, negatives: list[str]):
+    def install(self, pipe, negatives: list[str], max_sequence_length: int | None = None):
         from vsf_cli.guidance.install import Installation
 
         return Installation()

@@ -1,4 +1,4 @@
-"""What a model can make, read from its component configs before any weights load: largest size, inpainting."""
+"""What a model can make, read from its component configs before any weights load: size, inpainting, experts."""
 
 from __future__ import annotations
 
@@ -55,5 +55,14 @@ def check(settings: dict, family, transformer: dict | None, vae: dict | None) ->
 
 
 def check_before_load(settings: dict, family, source: str) -> None:
-    """`check` against the configs on disk, when they are there."""
+    """`check` against the configs on disk, when they are there; in a local folder, also that each LoRA aimed at
+    one expert (`--lora low=...`) has that expert to go into."""
     check(settings, family, component_config(source, family.denoisers[0]), component_config(source, "vae"))
+    if Path(source).expanduser().is_dir():
+        from vsf_cli.models.loading import lora_target
+
+        for lora in settings["lora"]:
+            target = lora_target(lora, family)[0]
+            if target is not None and component_config(source, target) is None:
+                raise UsageError(f"LoRA {lora}: {settings['model']} has no {target}, so it has a single transformer "
+                                 "and a prefix that names an expert does not apply; drop it")

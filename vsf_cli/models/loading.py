@@ -107,6 +107,24 @@ def parse_lora(s: str) -> tuple[str, float]:
     return source, scale
 
 
+_TARGET = re.compile(r"([a-z][a-z0-9_]*)=(.+)")
+
+
+def lora_target(spec: str, family) -> tuple[str | None, str]:
+    """Split `EXPERT=SOURCE[:SCALE]` into (the denoiser that expert is, `SOURCE[:SCALE]`); without a prefix the
+    LoRA goes into every denoiser, (None, spec). The prefix is one of `family.experts` (Wan 2.2: high, low)."""
+    spec = spec.strip()
+    found = _TARGET.fullmatch(spec)
+    if found is None or os.path.exists(spec):  # a file whose name has "=" in it is a file
+        return None, spec
+    name, rest = found.groups()
+    if name not in family.experts:
+        known = f"one of {', '.join(e + '=' for e in family.experts)}" if family.experts else "none"
+        raise UsageError(f"LoRA {spec}: {name}= is not an expert of {family.label} models ({known}); "
+                         "without a prefix a LoRA goes into every denoiser")
+    return family.denoisers[family.experts.index(name)], rest
+
+
 def load_pipeline(
     spec: ModelSpec,
     *,
@@ -122,13 +140,13 @@ def load_pipeline(
         raise UsageError(f"bad --offload {offload!r}; use {', '.join(OFFLOADS)}")
     if dtype != "auto" and dtype not in DTYPES:
         raise UsageError(f"bad --dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
-    parsed = [parse_lora(s) for s in loras]
     family = families.get(spec.family)
     missing = [module for task, module in family.needs
                if task == spec.task and importlib.util.find_spec(module) is None]
     if missing:
         raise UsageError(f"{spec.alias} loads {family.pipelines[spec.task]}, which needs {', '.join(missing)}: "
                          f"pip install {' '.join(missing)}")
+    parsed = [(*parse_lora(rest), target) for target, rest in (lora_target(s, family) for s in loras)]
     if offline:
         set_offline(True)
 
@@ -158,10 +176,12 @@ def load_pipeline(
         overrides = dict(spec.scheduler) | ({} if spec.flow_shift is None else {"flow_shift": spec.flow_shift})
         if overrides:
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **overrides)
+        if spec.pipeline_config:  # e.g. where Wan 2.2's experts switch, as the model card sets it
+            pipe.register_to_config(**dict(spec.pipeline_config))
         if family.vae_dtype is not None:
             pipe.vae.to(dtype=getattr(torch, family.vae_dtype))
         if parsed:
-            add_loras(pipe, parsed, offline=offline)
+            add_loras(pipe, family, parsed, offline=offline)
     place(pipe, device, offload)
     return pipe
 
@@ -257,32 +277,44 @@ def place(pipe: Any, device: str, offload: str) -> None:
         raise UsageError(f"bad --offload {offload!r}; use {', '.join(OFFLOADS)}")
 
 
-def add_loras(pipe: Any, loras: Iterable[tuple[str, float]], *, offline: bool = False) -> list[str]:
-    """Load each LoRA as adapter `lora{i}` and activate them all with their scales; returns the adapter names."""
+def add_loras(pipe: Any, family, loras: Iterable[tuple[str, float, str | None]], *, offline: bool = False) -> list[str]:
+    """Load each (source, scale, denoiser) LoRA as adapter `lora{i}` and activate them all with their scales;
+    returns the adapter names.
+
+    denoiser None loads it into every denoiser the pipeline has (diffusers' `load_lora_weights` also puts text
+    encoder weights where they belong); a denoiser name, one of two experts only. diffusers loads into a second
+    denoiser with `load_into_<name>=True` (Wan 2.2: `load_into_transformer_2`).
+    """
+    present = [name for name in family.denoisers if getattr(pipe, name, None) is not None]
     names: list[str] = []
     scales: list[float] = []
-    for i, (source, scale) in enumerate(loras):
+    for i, (source, scale, target) in enumerate(loras):
         name = f"lora{i}"
+        if target is not None and len(present) < 2:
+            raise UsageError(f"LoRA {source}: this {family.label} model has a single {present[0]}, so a LoRA "
+                             "prefix that names an expert does not apply; drop it")
         location, kwargs = _lora_location(source, offline=offline)
-        try:
-            with warnings.catch_warnings():
-                # peft warns on every adapter after the first; several adapters are what --lora asks for.
-                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                pipe.load_lora_weights(
-                    location, adapter_name=name, use_safetensors=True, local_files_only=offline, **kwargs,
-                )
-        except VsfError:
-            raise
-        except Exception as e:
-            mapped = hub_error(e, location, gated=False, offline=offline) if not os.path.exists(location) else None
-            if mapped is not None:
-                raise mapped from e
-            if "PEFT backend is required" in str(e):
-                raise VsfError("LoRA loading needs peft: pip install peft") from e
-            raise VsfError(f"cannot load LoRA {source}: {type(e).__name__}: {_first_line(e)}") from e
-        loaded = {n for adapters in pipe.get_list_adapters().values() for n in adapters}
-        if name not in loaded:
-            raise VsfError(f"LoRA {source} has no weights that match this model's transformer or text encoders")
+        for denoiser in [target] if target else present:
+            into = {} if denoiser == family.denoisers[0] else {f"load_into_{denoiser}": True}
+            try:
+                with warnings.catch_warnings():
+                    # peft warns on every adapter after the first; several adapters are what --lora asks for.
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                    pipe.load_lora_weights(location, adapter_name=name, use_safetensors=True,
+                                           local_files_only=offline, **kwargs, **into)
+            except VsfError:
+                raise
+            except Exception as e:
+                mapped = hub_error(e, location, gated=False, offline=offline) if not os.path.exists(location) else None
+                if mapped is not None:
+                    raise mapped from e
+                if "PEFT backend is required" in str(e):
+                    raise VsfError("LoRA loading needs peft: pip install peft") from e
+                raise VsfError(f"cannot load LoRA {source}: {type(e).__name__}: {_first_line(e)}") from e
+            held = pipe.get_list_adapters()  # {"transformer": [...], "text_encoder": [...], ...}
+            if name not in held.get(denoiser, []) and not any(name in held[part] for part in held
+                                                              if part not in family.denoisers):
+                raise VsfError(f"LoRA {source} has no weights that match this model's {denoiser} or text encoders")
         names.append(name)
         scales.append(scale)
     if names:
@@ -290,9 +322,10 @@ def add_loras(pipe: Any, loras: Iterable[tuple[str, float]], *, offline: bool = 
     return names
 
 
-def check_lora(spec: str) -> None:
-    """Refuse a malformed `--lora`, a missing or pickled local file, before anything loads (hub ids pass)."""
-    _lora_location(parse_lora(spec)[0], offline=False)
+def check_lora(spec: str, family) -> None:
+    """Refuse a malformed `--lora`, an unknown expert prefix, a missing or pickled local file, before anything
+    loads (hub ids pass)."""
+    _lora_location(parse_lora(lora_target(spec, family)[1])[0], offline=False)
 
 
 def _lora_location(source: str, *, offline: bool) -> tuple[str, dict[str, str]]:

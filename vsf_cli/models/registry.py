@@ -39,6 +39,11 @@ class ModelSpec:
     task: str = "text"  # which of the family's pipelines loads it: "text", or "img2video" / "edit" (--image required)
     # Scheduler config values the distill LoRA was made for, set over the model's own: (name, value) pairs.
     scheduler: tuple[tuple[str, object], ...] = ()
+    takes_image: bool = False  # text-to-video that also starts from --image (Wan 2.2 TI2V): img2video on its weights
+    size_multiple: int | None = None  # VAE factor x patch size, where it is not the family's (TI2V-5B: 16 x 2)
+    # Pipeline config (model_index.json) values the model's card sets: applied on load, and what tells a local
+    # folder of this layout apart (Wan 2.2: the experts' boundary_ratio, TI2V's expand_timesteps).
+    pipeline_config: tuple[tuple[str, object], ...] = ()
 
     folder: str | None = None  # a model shipped inside the package (the toy)
 
@@ -51,10 +56,18 @@ class ModelSpec:
         d = dataclasses.asdict(self)
         d["loras"] = list(self.loras)
         d["scheduler"] = dict(self.scheduler)
+        d["pipeline_config"] = dict(self.pipeline_config)
         return d
 
 
 LIGHTNING_SCHEDULER = (("base_shift", math.log(3)), ("max_shift", math.log(3)), ("shift_terminal", None))
+
+
+def _lightning(folder: str) -> tuple[str, ...]:
+    """lightx2v's Wan2.2-Lightning LoRA pair in `folder` of its hub repo, each file into its expert, at 1.0."""
+    return tuple(f"{expert}=lightx2v/Wan2.2-Lightning/{folder}/{expert}_noise_model.safetensors:1.0"
+                 for expert in ("high", "low"))
+
 
 _SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(
@@ -99,7 +112,7 @@ _SPECS: tuple[ModelSpec, ...] = (
     ),
     # FLUX.2: steps, size and guidance from the model cards (klein: 4 steps, 1024², guidance 1.0; dev: 50 steps,
     # guidance 4), which match the pipelines' defaults (512 text tokens, guidance 4.0 on dev). VSF's alpha and beta
-    # are Flux.1's starting point, untested on FLUX.2's weights (docs/method.md §13).
+    # are Flux.1's starting point, untested on FLUX.2's weights (docs/method.md §12).
     ModelSpec(
         alias="flux2-klein-4b", family="flux2_klein", hub_id="black-forest-labs/FLUX.2-klein-4B", gated=False,
         steps=4, width=1024, height=1024, scale=3.5, offset=0.1, guidance_scale=1.0, max_sequence_length=512,
@@ -130,7 +143,7 @@ _SPECS: tuple[ModelSpec, ...] = (
     # region it targets.
     # Qwen-Image (Apache-2.0): the card's 50 steps with true CFG 4; lightx2v's Lightning LoRAs are distilled with
     # shift 3 and CFG off, and their diffusers example sets the scheduler's base and max shift to log 3 with no
-    # terminal shift. VSF's numbers are SD3's, untested on real weights (docs/method.md §14).
+    # terminal shift. VSF's numbers are SD3's, untested on real weights (docs/method.md §13).
     ModelSpec(
         alias="qwen-image", family="qwenimage", hub_id="Qwen/Qwen-Image", gated=False, steps=50, width=1024,
         height=1024, scale=3.5, offset=0.1, guidance_scale=0.0, max_sequence_length=512,
@@ -176,6 +189,39 @@ _SPECS: tuple[ModelSpec, ...] = (
         note="image-to-video (--image): the first frame is given; lightx2v's I2V distill LoRA at its own 1.0 and 4 "
         "steps; VSF numbers are wan-14b's, untested (the VSF authors published no I2V setting)",
     ),
+    # Wan 2.2 A14B: two experts, `transformer` (high noise) until the card's boundary_ratio, then `transformer_2`.
+    # lightx2v's Wan2.2-Lightning makes them 4-step and CFG-free with one LoRA per expert, at 1.0 and sample shift 5
+    # (its README; with UniPC and shift 5 the switch falls after step 2 of 4, where Lightning puts it). The VSF
+    # numbers are wan-14b's, untested.
+    ModelSpec(
+        alias="wan22-t2v-a14b", family="wan", hub_id="Wan-AI/Wan2.2-T2V-A14B-Diffusers", gated=False, steps=4,
+        width=1280, height=720, scale=1.0, offset=0.3, guidance_scale=1.0, max_sequence_length=512,
+        loras=_lightning("Wan2.2-T2V-A14B-4steps-lora-rank64-Seko-V1.1"),
+        distilled=True, frames=81, fps=16, trim_start=0, flow_shift=5.0, pipeline_config=(("boundary_ratio", 0.875),),
+        note="two experts (high noise, then low noise after boundary 0.875), each with its Wan2.2-Lightning LoRA "
+        "(Seko V1.1) at 1.0: 4 steps, no CFG, shift 5; VSF guides both; alpha/beta are wan-14b's, untested",
+    ),
+    ModelSpec(
+        alias="wan22-i2v-a14b", family="wan", hub_id="Wan-AI/Wan2.2-I2V-A14B-Diffusers", gated=False, steps=4,
+        width=1280, height=720, scale=1.0, offset=0.3, guidance_scale=1.0, max_sequence_length=512,
+        loras=_lightning("Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1"),
+        distilled=True, frames=81, fps=16, trim_start=0, flow_shift=5.0, task="img2video",
+        pipeline_config=(("boundary_ratio", 0.9),),
+        note="image-to-video (--image) with two experts (boundary 0.9), each with its Wan2.2-Lightning I2V LoRA "
+        "(Seko V1) at 1.0: 4 steps, no CFG, shift 5; the image enters through the latents, no image tokens; "
+        "alpha/beta are wan-14b's, untested",
+    ),
+    # TI2V-5B: one model over the Wan 2.2 VAE (16x spatial, 4x temporal: still 4k+1 frames), 121 frames at 24 fps,
+    # text or a first frame. No distill LoRA ships for it, so it runs its card's 50 steps with CFG 5, and VSF guides
+    # the conditional pass (docs/method.md §5).
+    ModelSpec(
+        alias="wan22-ti2v-5b", family="wan", hub_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers", gated=False, steps=50,
+        width=1280, height=704, scale=1.0, offset=0.3, guidance_scale=5.0, max_sequence_length=512,
+        frames=121, fps=24, trim_start=0, flow_shift=5.0, takes_image=True, size_multiple=32,
+        pipeline_config=(("expand_timesteps", True),),
+        note="text- or image-to-video (--image optional) at 720p, 121 frames, 24 fps; no distill LoRA: 50 steps, "
+        "CFG 5, shift 5 as its card, VSF on the conditional pass; alpha/beta are wan-14b's, untested",
+    ),
 )
 
 MODELS: dict[str, ModelSpec] = {s.alias: s for s in _SPECS}
@@ -212,13 +258,21 @@ def resolve(name: str) -> ModelSpec:
     raise UsageError(f"unknown model {name}; known: {', '.join(MODELS)} (or a local diffusers folder, or a hub id)")
 
 
-def _family_defaults(family: str, **fields) -> ModelSpec:
-    base = MODELS[families.get(family).default_model]
+def _defaults_from(base: ModelSpec, **fields) -> ModelSpec:
     # Without the table's distill LoRA there is no high-contrast start to trim.
     trim = {"trim_start": 0} if base.trim_start else {}
     # Nor the scheduler values its distill LoRA was made for.
-    return dataclasses.replace(base, family=family, gated=False, loras=(), scheduler=(), distilled=False, **trim,
-                               **fields)
+    return dataclasses.replace(base, gated=False, loras=(), scheduler=(), distilled=False, **trim, **fields)
+
+
+def _layout_entry(family: str, task: str, config: dict) -> ModelSpec:
+    """The table entry a folder's numbers come from: one of its family and task whose `pipeline_config` the
+    folder's model_index.json matches (a Wan 2.2 layout), else the family's default entry."""
+    for spec in _SPECS:
+        if (spec.family == family and spec.task == task and spec.pipeline_config
+                and all(config.get(key) == value for key, value in spec.pipeline_config)):
+            return spec
+    return MODELS[families.get(family).default_model]
 
 
 def _from_folder(path: Path) -> ModelSpec:
@@ -226,7 +280,8 @@ def _from_folder(path: Path) -> ModelSpec:
     if not index.is_file():
         raise UsageError(f"{path} has no model_index.json; pass a diffusers-format pipeline folder")
     try:
-        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+        config = json.loads(index.read_text(encoding="utf-8"))
+        class_name = config.get("_class_name")
     except (OSError, ValueError, AttributeError) as e:
         raise UsageError(f"cannot read {index}: {e}") from None
     found = families.by_pipeline_class(class_name) if isinstance(class_name, str) else None
@@ -239,10 +294,9 @@ def _from_folder(path: Path) -> ModelSpec:
     family, task = found
     if task not in family.tasks_loaded:  # img2img / inpaint pipelines are built from the text pipeline's weights
         task = "text"
-    return _family_defaults(
-        family.name, alias=str(path), hub_id=None, task=task,
-        note=f"local folder; defaults from {family.default_model}, override with flags",
-    )
+    base = _layout_entry(family.name, task, config)
+    return _defaults_from(base, alias=str(path), hub_id=None, task=task,
+                          note=f"local folder; defaults from {base.alias}, override with flags")
 
 
 def _from_hub_id(hub_id: str) -> ModelSpec:
@@ -260,7 +314,6 @@ def _from_hub_id(hub_id: str) -> ModelSpec:
         task = "img2video"
     elif "edit" in family.pipelines and "-edit" in hub_id.lower():
         task = "edit"
-    return _family_defaults(
-        family.name, alias=hub_id, hub_id=hub_id, task=task,
-        note=f"hub id outside the table; defaults from {family.default_model}, override with flags",
-    )
+    base = MODELS[family.default_model]
+    return _defaults_from(base, alias=hub_id, hub_id=hub_id, task=task,
+                          note=f"hub id outside the table; defaults from {base.alias}, override with flags")

@@ -76,11 +76,12 @@ class Family:
     hub_names: tuple[str, ...]  # lower-case pieces of hub ids that belong to the family
     attention: Literal["joint", "cross"]
     attentions: Callable[[Any], list[Any]]
-    encode_negative: Callable[..., Any]  # (pipe, text, padded) -> (1, tokens, width) text-stream tokens
+    encode_negative: Callable[..., Any]  # (pipe, text, padded, max_sequence_length) -> (1, tokens, width) text tokens
     text_first: bool = False
     text_kwarg: str = "encoder_hidden_states"  # the denoiser argument that carries the text tokens
     image_context_kwarg: str | None = None  # cross: image tokens the attention splits off at a fixed text length
     denoisers: tuple[str, ...] = ("transformer",)  # pipeline attributes that run the denoising
+    experts: tuple[str, ...] = ()  # one name per denoiser, what `--lora NAME=FILE` targets (Wan 2.2: high, low)
     extend_kwargs: Callable[[dict, int], dict] = _unchanged  # give `added` text tokens their positions
     carrier: Carrier | None = None  # joint: carry the negative beside the blocks instead of in the call's text
     # joint, for a forward that makes the text rotary from the text's length (Qwen-Image): denoiser -> the module
@@ -99,7 +100,6 @@ class Family:
     guidance_embedding: str | None = None
     video: bool = False
     frame_step: int | None = None  # video: frame counts are 1 + k * frame_step
-    frames_trained: int | None = None  # video: clip length the model was trained on; longer ones drift
     size_multiple: int = 16  # VAE factor x patch size
     vae_dtype: str | None = None  # the VAE runs in this dtype whatever the pipeline's
     inpaint_channels: tuple[int, ...] = ()  # transformer input channels the inpainting pipeline accepts; () = any

@@ -3,21 +3,24 @@
 from vsf_cli import private
 from vsf_cli.models.families import Family
 
-T5_MAX_TOKENS = 512
+T5_MAX_TOKENS = 512  # the pipelines' default max_sequence_length
 
 
-def encode_negative(pipe, text: str, padded: bool = False):
+def encode_negative(pipe, text: str, padded: bool = False, max_sequence_length: int | None = None):
     """T5 states of the negative: (1, tokens, joint_attention_dim); unpadded for VSF, padded like the positive else.
 
-    CLIP only makes Flux's pooled vector, which stays the positive's.
+    Cut at the call's `max_sequence_length`, as the pipeline cuts the positive. CLIP only makes Flux's pooled
+    vector, which stays the positive's.
     """
     import torch
 
     device = private.execution_device(pipe)
+    length = max_sequence_length or T5_MAX_TOKENS
     with torch.no_grad():
         if padded:
-            return pipe.encode_prompt(prompt=text, prompt_2=None, device=device)[0].to("cpu")
-        ids = pipe.tokenizer_2(text, truncation=True, max_length=T5_MAX_TOKENS, return_tensors="pt").input_ids
+            embeds = pipe.encode_prompt(prompt=text, prompt_2=None, device=device, max_sequence_length=length)[0]
+            return embeds.to("cpu")
+        ids = pipe.tokenizer_2(text, truncation=True, max_length=length, return_tensors="pt").input_ids
         return pipe.text_encoder_2(ids.to(device))[0].to("cpu")
 
 

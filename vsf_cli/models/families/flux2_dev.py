@@ -1,6 +1,6 @@
 """FLUX.2 [dev]: klein's transformer layout with Mistral Small 3 negatives and a distilled guidance embedding.
 
-The same `Flux2Transformer2DModel` as klein (docs/method.md §13), so the same blocks are guided and the negative
+The same `Flux2Transformer2DModel` as klein (docs/method.md §12), so the same blocks are guided and the negative
 gets the same positions. The prompt is Mistral's hidden layers 10, 20 and 30 stacked, after the pipeline's system
 message, padded to 512. `guidance_scale` feeds the guidance embedding, which stays the positive's; the pipeline has
 no CFG and no negative prompt.

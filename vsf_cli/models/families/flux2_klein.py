@@ -1,6 +1,6 @@
 """FLUX.2 [klein]: joint attention with the text first, in double- and single-stream blocks; Qwen3 negatives.
 
-Layout (docs/method.md §13). The prompt is Qwen3's hidden layers 9, 18 and 27 stacked on channels, padded to 512
+Layout (docs/method.md §12). The prompt is Qwen3's hidden layers 9, 18 and 27 stacked on channels, padded to 512
 tokens that the transformer does not mask, and every text token k sits at rotary position (0, 0, 0, k). The negative
 is encoded the same way with its padding dropped (kept for NAG and NASA), appended after the positive's 512 tokens
 as the collector N0, and given the positions a prompt's tokens get, (0, 0, 0, k), as Flux.1 copies the positive's

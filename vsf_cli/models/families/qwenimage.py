@@ -1,6 +1,6 @@
 """Qwen-Image and Qwen-Image-Edit: double-stream joint attention, text first; Qwen2.5-VL negatives, text rotary.
 
-Layout (docs/method.md §14). Each block projects text and image separately and attends over [text, image]; the
+Layout (docs/method.md §13). Each block projects text and image separately and attends over [text, image]; the
 pipeline pads a batch's prompts to the longest and passes `encoder_hidden_states_mask` (None when nothing is
 padded), which the block's processor turns into a boolean key mask. The forward gives the text rotary positions
 max(h/2, w/2) + j, from the text's length. So:

@@ -20,15 +20,18 @@ from vsf_cli.models.families import Carrier, Family, refuse_cfg
 SEQ_MULTIPLE = 32  # diffusers' SEQ_MULTI_OF: caption and image lengths are padded to multiples of it
 
 
-def encode_negative(pipe, text: str, padded: bool = False):
+def encode_negative(pipe, text: str, padded: bool = False, max_sequence_length: int | None = None):
     """The negative as the pipeline encodes a prompt: (1, tokens, cap_feat_dim), its padding already dropped.
 
-    `padded` changes nothing here; the transformer's own pad tokens are added in `prepare_negative`.
+    Cut at the call's `max_sequence_length` (None: the pipeline's default, 512), as the pipeline cuts the
+    positive. `padded` changes nothing here; the transformer's own pad tokens are added in `prepare_negative`.
     """
     import torch
 
+    length = {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
     with torch.no_grad():
-        embeds = pipe.encode_prompt(text, device=private.execution_device(pipe), do_classifier_free_guidance=False)[0]
+        embeds = pipe.encode_prompt(text, device=private.execution_device(pipe), do_classifier_free_guidance=False,
+                                    **length)[0]
     return embeds[0][None].to("cpu")
 
 
