@@ -101,6 +101,20 @@ def test_expansion_counts_vars_sweep_seeds(tmp_path):
     assert len({j.id for j in jobs}) == len({str(j.path) for j in jobs}) == 14
 
 
+def test_a_list_of_negatives_in_yaml_is_several_with_variables_filled_in_each(tmp_path):
+    batch = spec.load(write(tmp_path, {
+        "vars": {"animal": ["cat", "dog"]},
+        "jobs": [{"prompt": "a {animal}", "neg": ["red {animal}", "a blurry {prompt}"]}, {"prompt": "a car", "neg": ["wheels"]}],
+    }))
+    jobs = expand(batch)
+    assert [j.settings["negative"] for j in jobs] == [["red cat", "a blurry a cat"], ["red dog", "a blurry a dog"], "wheels"]
+    assert jobs[0].settings["method"] == "vsf" and len({j.id for j in jobs}) == 3
+    flag = expand(batch, flags={"negative": ["sun", "ball"]})
+    assert all(j.settings["negative"] == ["sun", "ball"] for j in flag)
+    with pytest.raises(UsageError, match="a negative prompt is empty"):
+        expand(spec.load(write(tmp_path, {"jobs": [{"prompt": "a car", "neg": ["wheels", " "]}]}, "blank.yaml")))
+
+
 def test_job_ids_are_stable_and_ignore_placement(tmp_path):
     batch = spec.load(write(tmp_path, {"jobs": [{"prompt": "a cat", "neg": "red"}]}))
     first, again = expand(batch)[0], expand(batch)[0]

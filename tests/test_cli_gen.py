@@ -43,6 +43,24 @@ def test_writes_png_with_metadata_and_prints_only_paths(gen, tmp_path):
     assert "Negative prompt: wheels" in text and "Guidance method: vsf, VSF scale: 3.5, VSF offset: 0.1" in text
 
 
+def test_a_repeated_neg_is_several_negatives_recorded_and_replayed(gen, tmp_path):
+    result = gen("a red bike", "--neg", "wheels", "--neg", "sun", "--seed", "7", "-o", "two.png")
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(tmp_path / "two.png")
+    assert meta["negative"] == ["wheels", "sun"]
+    assert "Negative prompt: wheels, sun" in Image.open(tmp_path / "two.png").text["parameters"]
+    replay = runner.invoke(app, ["gen", "--from", "two.png", "-o", "again.png"])
+    assert replay.exit_code == 0, replay.output
+    assert np.array_equal(pixels("two.png"), pixels("again.png"))
+    assert read_metadata(tmp_path / "again.png")["negative"] == ["wheels", "sun"]
+    assert gen("a red bike", "--neg", "wheels sun", "--seed", "7", "-o", "one.png").exit_code == 0
+    assert not np.array_equal(pixels("two.png"), pixels("one.png"))
+    assert gen("a red bike", "--neg", "wheels", "--seed", "7", "-o", "single.png").exit_code == 0
+    assert read_metadata(tmp_path / "single.png")["negative"] == "wheels"  # one --neg stays a string, as before
+    blank = gen("a red bike", "--neg", "wheels", "--neg", " ", "-o", "blank.png")
+    assert blank.exit_code == 2 and "a negative prompt is empty" in blank.stderr
+
+
 def test_vsf_changes_the_image_and_none_ignores_the_negative(gen, tmp_path):
     assert gen("a red bike", "--neg", "wheels", "--seed", "1", "-o", "vsf.png").exit_code == 0
     assert gen("a red bike", "--neg", "wheels", "--method", "none", "--seed", "1", "-o", "none.png").exit_code == 0

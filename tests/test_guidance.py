@@ -189,6 +189,30 @@ def test_per_prompt_negatives_of_different_lengths_match_single_runs(sd3):
         assert torch.allclose(both[i], alone[0], atol=1e-4)
 
 
+def test_several_negatives_equal_the_dense_oracle_of_their_tokens_joined(sd3):
+    """Each negative is encoded on its own (with its own BOS/EOS) and all their tokens are flipped: the dense oracle
+    over the documented encodings of "wheels" and "sun", joined along the tokens."""
+    with guidance.apply(sd3, "vsf", negative=[("wheels", "sun")], scale=3.5, offset=0.1):
+        fast = generate(sd3)
+    joined = torch.cat([unpadded_negative(sd3, "wheels"), unpadded_negative(sd3, "sun")], dim=1)
+    dense = run_with_oracle(sd3, DenseVSF(77 + 256, joined.shape[1], 3.5, 0.1), [joined])
+    assert torch.allclose(fast, dense, atol=1e-4)
+    with guidance.apply(sd3, "vsf", negative="wheels sun", scale=3.5, offset=0.1):
+        assert not torch.allclose(fast, generate(sd3), atol=1e-3), "one string is not two negatives"
+
+
+def test_several_negatives_per_prompt_in_a_batch(sd3):
+    prompts, negatives = ["a red bike", "a cat"], [("wheels", "sun"), "a long negative prompt"]
+    with guidance.apply(sd3, "vsf", negative=negatives):
+        both = generate(sd3, prompt=prompts)
+    with guidance.apply(sd3, "vsf", negative=[negatives[0]]):
+        alone = generate(sd3, prompt=[prompts[0]])
+    assert torch.allclose(both[0], alone[0], atol=1e-4)
+    for bad in ([()], [("wheels", " ")], [["wheels", 3]]):
+        with pytest.raises(UsageError, match="needs a non-empty negative"), guidance.apply(sd3, "vsf", negative=bad):
+            pass
+
+
 def test_num_images_per_prompt_repeats_negatives(sd3):
     with guidance.apply(sd3, "vsf", negative=["wheels"]):
         images = sd3(prompt="a red bike", num_images_per_prompt=2, num_inference_steps=1, guidance_scale=0.0,

@@ -87,7 +87,7 @@ class Renderer:
         """Generate `settings` (one seed) into `path` atomically; returns the metadata record written."""
         import torch
 
-        from vsf_cli import __version__, guidance
+        from vsf_cli import __version__, guidance, negatives
         from vsf_cli.models import limits
         from vsf_cli.models.loading import library_warnings
         from vsf_cli.render.metadata import save_png
@@ -112,7 +112,7 @@ class Renderer:
         if settings["image"] and settings["strength"] == 0:
             output = np.asarray(inputs["image"], dtype=np.float32) / 255  # nothing is repainted: the input, resized
         else:
-            with guidance.apply(pipe, settings["method"], negative=settings["negative"],
+            with guidance.apply(pipe, settings["method"], negative=negatives.for_call(settings["negative"]),
                                 max_sequence_length=settings["max_sequence_length"], **params) as extra, \
                     library_warnings(self.warn):
                 result = pipe(

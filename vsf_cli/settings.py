@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from vsf_cli import negatives
 from vsf_cli.errors import UsageError
 from vsf_cli.guidance import METHODS, knobs
 from vsf_cli.models import families
@@ -29,7 +30,7 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str
-    negative: str | None = None
+    negative: str | list[str] | None = None  # several: each encoded on its own, all removed
     model: str = "sd35-large-turbo"
     method: Method = "vsf"
 
@@ -115,11 +116,12 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None, v
         merged["lora"] = [*(x for x in spec.loras if merged["default_lora"] and x not in own), *own]
     elif merged.get("default_lora") is not None:
         merged.pop("default_lora")  # nothing to switch off
+    merged["negative"] = negatives.normalise(merged.get("negative"))
     merged.setdefault("method", "vsf" if merged.get("negative") else "none")
     if not merged.get("prompt"):
         raise UsageError("missing prompt")
-    if merged.get("negative") is not None and not str(merged["negative"]).strip():
-        raise UsageError("the negative prompt is empty (only white space); give one, or leave --neg out")
+    if any(not isinstance(n, str) or not n.strip() for n in negatives.texts(merged["negative"])):
+        raise UsageError("a negative prompt is empty (only white space); give one, or leave --neg out")
     if merged["method"] != "none" and not merged.get("negative"):
         raise UsageError(f"method {merged['method']} needs a negative prompt (--neg TEXT)")
     try:

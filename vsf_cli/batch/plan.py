@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from vsf_cli import negatives
 from vsf_cli.batch.spec import BatchFile, Job
 from vsf_cli.errors import UsageError
 
@@ -37,18 +38,23 @@ def job_id(settings: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def _fill(text: str | None, values: dict[str, str]) -> str | None:
+def _fill(text, values: dict[str, str]):
+    """`{variables}` filled in a text, or in each of a list of texts (several negatives)."""
+    if isinstance(text, list):
+        return [_fill(t, values) for t in text]
     return None if text is None else _VAR.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
-def fill_negative(negative: str | None, prompt: str) -> str | None:
-    """Put the prompt in for `{prompt}` in a negative (presets such as abstract-art do this)."""
+def fill_negative(negative, prompt: str):
+    """Put the prompt in for `{prompt}` in a negative, or in each of several (presets such as abstract-art do this)."""
+    if isinstance(negative, list):
+        return [n.replace("{prompt}", prompt) for n in negative]
     return None if negative is None else negative.replace("{prompt}", prompt)
 
 
-def _used_variables(job: Job, negative: str | None) -> list[str]:
+def _used_variables(job: Job, negative) -> list[str]:
     # {prompt} in a negative means the prompt itself (abstract art: the subject in both prompts).
-    return sorted({*_VAR.findall(job.prompt), *_VAR.findall(negative or "")} - {"prompt"})
+    return sorted({*_VAR.findall(job.prompt), *_VAR.findall(" ".join(negatives.texts(negative)))} - {"prompt"})
 
 
 def _variables(job: Job, negative: str | None, file_vars: dict[str, list[str]]) -> list[dict[str, str]]:

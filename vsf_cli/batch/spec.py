@@ -33,7 +33,7 @@ Overrides = create_model(
     "Overrides",
     __base__=_OverridesBase,
     __doc__="Generation settings a file's `defaults:`, a job or a sweep may set; `size` is WIDTHxHEIGHT or a number.",
-    neg=(str | None, None),
+    neg=(str | list[str] | None, None),
     size=(str | int | None, None),
     **{name: (field.annotation | None, None) for name, field in GenSettings.model_fields.items()
        if name not in _NOT_IN_FILES},

@@ -10,6 +10,7 @@ from vsf_cli.cli import app
 from vsf_cli.cli import options as o
 from vsf_cli.cli.common import console, errors_to_exit_codes, fail, warn
 from vsf_cli.errors import UsageError
+from vsf_cli.negatives import label
 from vsf_cli.models.registry import DEFAULT_MODEL
 
 
@@ -157,7 +158,7 @@ def _dry_run(jobs, mine, rank: int, world: int, as_json: bool) -> None:
         return
     for job in mine:
         s = job.settings
-        typer.echo(f"{job.index}\t{job.id}\t{job.path}\t{s['method']}\tseed {s['seed']}\t{s['prompt']} | {s['negative'] or ''}")
+        typer.echo(f"{job.index}\t{job.id}\t{job.path}\t{s['method']}\tseed {s['seed']}\t{s['prompt']} | {label(s['negative'])}")
 
 
 def _summary(outcome, out_dir: Path, as_json: bool, quiet: bool) -> None:

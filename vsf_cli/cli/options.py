@@ -14,7 +14,7 @@ from pydantic.fields import FieldInfo
 # Flags with their help written here: parameter name -> (type, help). A flag is its name with dashes; its settings
 # key is the same name, except for those `to_settings` renames.
 _WRITTEN: dict[str, tuple[type, str]] = {
-    "neg": (str, "What to keep out: the negative prompt."),
+    "neg": (list[str], "What to keep out: the negative prompt; repeat it for several, each removed on its own."),
     "size": (str, "WIDTHxHEIGHT, or one number for a square; multiples of 16 (32 for wan22-ti2v-5b)."),
     "lora": (list[str], "LoRA as [EXPERT=]PATH_OR_HUB_ID[:SCALE], repeatable; safetensors only. Into every "
              "transformer, or with high= / low= into one Wan 2.2 A14B expert. (scale default: 1.0)"),
@@ -38,7 +38,7 @@ def flags(model: str, *, exclude: tuple[str, ...] = (), every_job: bool = False)
 
     neg = _WRITTEN["neg"][1] + (f" {EVERY_JOB_NEG}" if every_job else "")
     methods = ", ".join(m for m in METHODS if m != "none")
-    out = {"neg": (str, neg),
+    out = {"neg": (list[str], neg),
            "method": (str, f"Guidance: {methods}, or none (positive only). (default: vsf with --neg, else none)")}
     for name, (field, takers) in knobs().items():
         out[name] = (_cli_type(field), describe(name, field, model, "/".join(m.upper() for m in takers)))
@@ -133,7 +133,9 @@ def to_settings(options: dict) -> dict:
 
     values = dict(options)
     if "neg" in values:
-        values["negative"] = values.pop("neg")
+        from vsf_cli.negatives import normalise
+
+        values["negative"] = normalise(values.pop("neg"))
     size = values.pop("size", None)
     if "lora" in values:
         values["lora"] = values["lora"] or None

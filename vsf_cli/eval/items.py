@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vsf_cli.errors import UsageError
+from vsf_cli.negatives import label
 from vsf_cli.render.images import sha256
 
 # Settings that change from item to item by design, or only say where it ran; never part of a setting's label.
@@ -81,7 +82,7 @@ def load(run_dir: Path, warn=lambda message: None) -> list[Item]:
             except OSError as e:
                 error = f"cannot read {record['file']}: {e.strerror or e}"
         s, meta = record["settings"], record.get("meta") or {}
-        negative = s.get("negative") or ""
+        negative = label(s.get("negative"))  # several negatives are one "a, b" text to the judge
         q_pos, q_neg = template_questions(s["prompt"], negative)
         items.append(Item(
             id=record["id"], run=run_dir, file=record["file"], sha256=sha or "",

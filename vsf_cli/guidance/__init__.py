@@ -76,21 +76,29 @@ def create(method: str, **params):
 
 
 @contextlib.contextmanager
-def apply(pipe, method: str = "vsf", *, negative: str | list[str] | None = None,
-          max_sequence_length: int | None = None, **params):
+def apply(pipe, method: str = "vsf", *, negative: str | list | None = None, max_sequence_length: int | None = None,
+          **params):
     """Install a guidance method on `pipe` for the duration of the block; leaving it restores the pipeline exactly.
 
-    `negative` is one string for every prompt, or a list with one string per prompt. `max_sequence_length` is the
-    one the pipeline call will get, where the negative is cut as the pipeline cuts the positive (None: the
-    pipeline's default). The block yields the extra pipeline-call arguments the method needs (only `cfg` has
-    any): `pipe(prompt, **extra)`.
+    `negative` is one string for every prompt, or a list with one entry per prompt; an entry that is a list or tuple
+    of strings gives that prompt several negatives, each encoded on its own and all removed
+    (`negative=[("wheels", "sun")]`). `max_sequence_length` is the one the pipeline call will get, where the
+    negative is cut as the pipeline cuts the positive (None: the pipeline's default). The block yields the extra
+    pipeline-call arguments the method needs (only `cfg` has any): `pipe(prompt, **extra)`.
     """
     guide = create(method, **params)
     negatives = [negative] if isinstance(negative, str) else list(negative or [])
-    if guide.needs_negative and (not negatives or not all(isinstance(n, str) and n.strip() for n in negatives)):
+    if guide.needs_negative and (not negatives or not all(_is_negative(n) for n in negatives)):
         raise UsageError(f"{method} needs a non-empty negative prompt")
     installed = guide.install(pipe, negatives, max_sequence_length=max_sequence_length)
     try:
         yield guide.call_kwargs(pipe, negatives)
     finally:
         installed.remove()
+
+
+def _is_negative(entry) -> bool:
+    """One non-blank string, or a non-empty list or tuple of them."""
+    if isinstance(entry, str):
+        return bool(entry.strip())
+    return isinstance(entry, list | tuple) and bool(entry) and all(isinstance(t, str) and t.strip() for t in entry)

@@ -24,7 +24,9 @@ class CFG(Method):
         from vsf_cli.models import families
 
         family = families.of(pipe)
-        negative = negatives[0] if len(negatives) == 1 else negatives
+        # Several negatives for one prompt are one unconditional prompt to CFG: joined as a user would write them.
+        texts = [n if isinstance(n, str) else ", ".join(n) for n in negatives]
+        negative = texts[0] if len(texts) == 1 else texts
         return {"negative_prompt": negative, family.cfg_argument: self.pipeline_scale(family)}
 
     def pipeline_scale(self, family) -> float:

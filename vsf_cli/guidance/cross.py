@@ -5,7 +5,7 @@ from collections.abc import Callable
 import torch
 
 from vsf_cli.errors import UsageError
-from vsf_cli.guidance.install import Installation, NegativeTokens, install
+from vsf_cli.guidance.install import Installation, encode_negatives, install
 
 CrossKernel = Callable[..., torch.Tensor]
 
@@ -68,7 +68,7 @@ def install_cross(
 
     `reference_layout` changes nothing here: the seed code's Wan pipeline has the paper's layout (no duplicate).
     """
-    stack = NegativeTokens([family.encode_negative(pipe, text, padded=padded) for text in negatives])
+    stack = encode_negatives(pipe, family, negatives, padded)
     state = CrossState(kernel)
 
     def add_negative(kwargs: dict) -> dict:

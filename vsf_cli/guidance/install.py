@@ -223,6 +223,17 @@ def _check_plain(options: dict, head_dim: int) -> None:
         raise UsageError(f"guidance cannot take over an attention call that sets {', '.join(unusual)}")
 
 
+def encode_negatives(pipe, family, negatives: list, padded: bool) -> "NegativeTokens":
+    """Each prompt's negative tokens. An entry that is a list holds several negatives: each is encoded on its own,
+    with its own special tokens, and their tokens are joined, so all of them are flipped."""
+    embeds = []
+    for entry in negatives:
+        texts = [entry] if isinstance(entry, str) else entry
+        parts = [family.encode_negative(pipe, text, padded=padded) for text in texts]
+        embeds.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+    return NegativeTokens(embeds)
+
+
 class NegativeTokens:
     """Per-prompt negative embeddings, stacked for a call's batch, device and dtype once and reused every step."""
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import torch
 
 from vsf_cli.errors import UsageError
-from vsf_cli.guidance.install import Installation, NegativeTokens, install
+from vsf_cli.guidance.install import Installation, encode_negatives, install
 
 JointKernel = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
@@ -76,7 +76,7 @@ def install_joint(
     """
     if reference_layout:
         family.refuse_reference_layout()
-    stack = NegativeTokens([family.encode_negative(pipe, text, padded=padded) for text in negatives])
+    stack = encode_negatives(pipe, family, negatives, padded)
     state = JointState(kernel, family.text_first)
 
     def append_negative(kwargs: dict) -> dict:

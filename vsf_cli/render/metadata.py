@@ -57,7 +57,9 @@ def a1111_parameters(s: dict) -> str:
     """The A1111-style `parameters` text: prompt, optional `Negative prompt:` line, then one `Key: value` line."""
     lines = [str(s.get("prompt") or "")]
     if s.get("negative"):
-        lines.append(f"{_NEGATIVE} {s['negative']}")
+        from vsf_cli.negatives import label
+
+        lines.append(f"{_NEGATIVE} {label(s['negative'])}")
     pairs: list[tuple[str, Any]] = []
     for a1111, key, _ in _KEYS:
         if a1111 == "Size":
