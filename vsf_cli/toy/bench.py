@@ -24,15 +24,15 @@ CONTROL = {"sun": "ball"}  # an unrelated trained word per negative; anything no
 UNTRAINED = "music"
 
 
-def make_jobs() -> list[dict]:
-    """The benchmark pairs: held-out terse prompts, each with negatives the prompt leaves open.
+def make_jobs(prompts: list[str] | None = None) -> list[dict]:
+    """The benchmark pairs: held-out terse prompts (or `prompts`), each with negatives the prompt leaves open.
 
     attribute: the class's usual colour and three others; object: each distractor; part: the primary part.
     """
     jobs = []
     colours = list(world.COLOURS)
-    for i, prompt in enumerate(world.held_out_prompts()):
-        kind = prompt.split()[2]
+    for i, prompt in enumerate(prompts or world.held_out_prompts()):
+        kind = next(w for w in prompt.split() if w in world.CLASSES)
         usual = world.TYPICAL_COLOUR[kind]
         others = [c for c in colours if c != usual]
         for c in [usual, *(others[(i + k) % len(others)] for k in range(3))]:
@@ -42,6 +42,42 @@ def make_jobs() -> list[dict]:
         if kind in world.PRIMARY_PART:
             part = world.PRIMARY_PART[kind]
             jobs.append({"prompt": prompt, "neg": part, "tier": "part", "expect": {"object": kind, "negative": part}})
+    return jobs
+
+
+# Collateral: what guidance must leave alone. A part the class does not draw by default (wheels on a house, a roof
+# on a car or a tree), a class the prompt does not ask for, and several negatives at once.
+ABSENT_PART = {"house": "wheels", "tower": "wheels", "car": "roof", "tree": "roof"}
+COLLATERAL_TIERS = ("absent", "other-class", "multi")
+
+
+def dev_prompts() -> list[str]:
+    """Terse prompts that name a size or a position, not both: for tuning, apart from the benchmark's prompts."""
+    return [f"a {s} {c}" for c in world.CLASSES for s in world.SIZES] + \
+        [f"a {c} on the {p}" for c in world.CLASSES for p in world.POSITIONS]
+
+
+def collateral_jobs(prompts: list[str]) -> list[dict]:
+    """The collateral tier's pairs for `prompts` ("a small car on the left" and the like).
+
+    absent: the class's rare part; other-class: each other class; multi: two and three negatives at once (the
+    class's primary part, or a tree's usual colour, with one or both distractors), each followed by its negatives
+    one at a time (tier "multi-single") on the same noise (`noise`: the index of the job they belong to).
+    """
+    jobs = []
+    for i, prompt in enumerate(prompts):
+        kind = next(w for w in prompt.split() if w in world.CLASSES)
+        jobs.append({"prompt": prompt, "neg": ABSENT_PART[kind], "tier": "absent",
+                     "expect": {"object": kind, "negative": ABSENT_PART[kind]}})
+        for other in (c for c in world.CLASSES if c != kind):
+            jobs.append({"prompt": prompt, "neg": other, "tier": "other-class", "expect": {"object": kind, "negative": other}})
+        first = world.PRIMARY_PART.get(kind, world.TYPICAL_COLOUR[kind])
+        for negs in ([first, world.DISTRACTORS[i % 2]], [first, *world.DISTRACTORS]):
+            group = len(jobs)
+            jobs.append({"prompt": prompt, "neg": negs, "tier": "multi", "noise": group,
+                         "expect": {"object": kind, "negative": negs}})
+            jobs += [{"prompt": prompt, "neg": n, "tier": "multi-single", "noise": group,
+                      "expect": {"object": kind, "negative": n}} for n in negs]
     return jobs
 
 
@@ -88,7 +124,8 @@ class Config:
     method: str = "vsf"
     params: tuple = ()
     pooled_k: float | None = None  # pooled = neg + k * (pos - neg); None keeps the positive's pooled vector
-    swap: str | None = None  # "control": an unrelated trained word; "untrained": a word the model never saw
+    swap: str | None = None  # "control": an unrelated trained word; "untrained": a word the model never saw;
+    # "joined": several negatives as one string ("wheels and sun"), as a user types them without a repeated --neg
 
 
 CONFIGS = {
@@ -105,6 +142,7 @@ CONFIGS = {
     "cfg": Config("cfg", "cfg"),  # two passes per step; the toy was not trained with caption dropout
     "vsf-control": Config("vsf-control", swap="control"),
     "vsf-untrained": Config("vsf-untrained", swap="untrained"),
+    "vsf-joined": Config("vsf-joined", swap="joined"),
 }
 
 
@@ -122,14 +160,15 @@ def noise_seed(seed: int, job_index: int) -> int:
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], negatives: list[str], seeds: list[int], config: Config, steps: int = STEPS) -> np.ndarray:
-    """Images (n, 32, 32, 3) uint8 for one config; seeds[i] seeds image i."""
+def generate(pipe, prompts: list[str], negatives: list, seeds: list[int], config: Config, steps: int = STEPS) -> np.ndarray:
+    """Images (n, 32, 32, 3) uint8 for one config; seeds[i] seeds image i; a negative may be a list of several."""
     from vsf_cli import guidance
 
     kw = dict(do_classifier_free_guidance=False, max_sequence_length=MAX_TOKENS)
     embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, **kw)
     if config.pooled_k is not None:
-        neg_pooled = pipe.encode_prompt(prompt=negatives, prompt_2=None, prompt_3=None, **kw)[2]
+        joined = [n if isinstance(n, str) else " and ".join(n) for n in negatives]
+        neg_pooled = pipe.encode_prompt(prompt=joined, prompt_2=None, prompt_3=None, **kw)[2]
         pooled = neg_pooled + config.pooled_k * (pooled - neg_pooled)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     with guidance.apply(pipe, config.method, negative=negatives, **dict(config.params)) as call_kwargs:
@@ -141,7 +180,11 @@ def generate(pipe, prompts: list[str], negatives: list[str], seeds: list[int], c
     return (out * 255).round().clip(0, 255).astype(np.uint8)
 
 
-def swapped(neg: str, swap: str | None) -> str:
+def swapped(neg, swap: str | None):
+    if swap == "joined":
+        return neg if isinstance(neg, str) else " and ".join(neg)
+    if isinstance(neg, list):
+        return [swapped(n, swap) for n in neg]
     if swap == "control":
         return CONTROL.get(neg, "sun")
     if swap == "untrained":
@@ -159,29 +202,127 @@ def run(pipe, jobs: list[dict], seeds: list[int], config: Config, batch: int = 6
         chunk = todo[start : start + batch]
         imgs = generate(
             pipe, [jobs[j]["prompt"] for j, _ in chunk], [swapped(jobs[j]["neg"], config.swap) for j, _ in chunk],
-            [noise_seed(s, j) for j, s in chunk], config,
+            [noise_seed(s, jobs[j].get("noise", j)) for j, s in chunk], config,
         )
         for (j, s), img in zip(chunk, imgs):
             r = detector.read(img)
             job = jobs[j]
-            obj, neg = r.kind == job["expect"]["object"], not r.has(job["expect"]["negative"])
-            records.append({"job": j, "seed": s, "tier": job["tier"], "neg": job["neg"], "object": obj, "absent": neg, "clean": obj and neg})
+            wanted = job["expect"]["negative"]
+            obj = r.kind == job["expect"]["object"]
+            neg = not any(r.has(w) for w in ([wanted] if isinstance(wanted, str) else wanted))
+            records.append({"job": j, "seed": s, "tier": job["tier"], "neg": job["neg"], "object": obj, "absent": neg,
+                            "clean": obj and neg, "colour": r.colour or "none",
+                            "distractors": "+".join(sorted(r.distractors)) or "none"})
     return records
 
 
+TIERS = ("attribute", "object", "part")
+
+
 def summarise(records: list[dict]) -> dict[str, dict[str, float]]:
-    """Per tier (and all): object-present, negative-absent and clean-removal rates."""
+    """Per tier (and all of toyneg's): object-present, negative-absent and clean-removal rates."""
     out = {}
-    for tier in ("attribute", "object", "part", "all"):
-        rs = [r for r in records if tier in ("all", r["tier"])]
+    for tier in (*TIERS, *COLLATERAL_TIERS, "multi-single", "all"):
+        rs = [r for r in records if r["tier"] == tier or (tier == "all" and r["tier"] in TIERS)]
         if not rs:
             continue
         out[tier] = {k: sum(r[k] for r in rs) / len(rs) for k in ("object", "absent", "clean")} | {"n": len(rs)}
     return out
 
 
+def total_variation(a: list[str], b: list[str]) -> float:
+    """Half the L1 distance between the category frequencies of two equally long lists of labels."""
+    cats = sorted(set(a) | set(b))
+    return 0.5 * sum(abs(a.count(c) - b.count(c)) for c in cats) / len(a)
+
+
+def _paired_tv(records: list[dict], base: list[dict], field: str, n_boot: int = 1000) -> dict:
+    """TV of `field`'s distribution against the baseline on the same (job, seed) images, with a paired bootstrap CI."""
+    a, b = [r[field] for r in records], [r[field] for r in base]
+    rng = np.random.default_rng(0)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(a), len(a))
+        boots.append(total_variation([a[i] for i in idx], [b[i] for i in idx]))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"tv": round(total_variation(a, b), 3), "lo": round(float(lo), 3), "hi": round(float(hi), 3)}
+
+
+def _rate(values) -> dict:
+    from vsf_cli.eval.stats import bootstrap_ci
+
+    lo, hi = bootstrap_ci([float(v) for v in values])
+    return {"mean": round(float(np.mean(values)), 3), "lo": round(lo, 3), "hi": round(hi, 3)}
+
+
+def _versus(records: list[dict], base: list[dict], field: str) -> dict:
+    """Paired difference of a yes/no field against the baseline's images: the mean and an exact McNemar p."""
+    from vsf_cli.eval.stats import sign_test
+
+    diffs = [int(r[field]) - int(b[field]) for r, b in zip(records, base)]
+    wins, losses = diffs.count(1), diffs.count(-1)
+    return {"delta": round(float(np.mean(diffs)), 3), "p": round(sign_test(wins, losses), 4)}
+
+
+def collateral(results: dict[str, list[dict]], baseline: str = "none", reference: str = "vsf") -> dict:
+    """Per config and collateral tier: object kept, negative gone, the shift of body colours and distractors
+    against `baseline` (total variation on the same images), and paired tests against `baseline` and `reference`.
+    The multi tier adds how often all negatives go at once against each of them alone."""
+    def key(r):
+        return (r["job"], r["seed"])
+
+    def tier(records, name):
+        return sorted((r for r in records if r["tier"] == name), key=key)
+
+    out = {}
+    for config, records in results.items():
+        row = {}
+        for name in ("absent", "other-class", "multi"):
+            rs = tier(records, name)
+            if not rs:
+                continue
+            cell = {"n": len(rs), "object": _rate([r["object"] for r in rs]), "gone": _rate([r["absent"] for r in rs])}
+            if baseline in results:
+                base = tier(results[baseline], name)
+                cell["colour_tv"] = _paired_tv(rs, base, "colour")
+                cell["distractor_tv"] = _paired_tv(rs, base, "distractors")
+                cell["object_vs_" + baseline] = _versus(rs, base, "object")
+            if reference in results and config != reference:
+                cell["object_vs_" + reference] = _versus(rs, tier(results[reference], name), "object")
+            if name == "multi":
+                singles = [r for r in records if r["tier"] == "multi-single"]
+                cell["alone"] = _rate([r["absent"] for r in singles])
+                cell["alone_object"] = _rate([r["object"] for r in singles])
+                cell["together_over_alone"] = round(cell["gone"]["mean"] / max(cell["alone"]["mean"], 1e-9), 3)
+            row[name] = cell
+        out[config] = row
+    return out
+
+
+def collateral_markdown(table: dict) -> str:
+    """The collateral tier as markdown: rates with 95% CIs, colour and distractor shifts, paired p-values."""
+    def ci(c):
+        return f"{c['mean']:.2f} [{c['lo']:.2f}, {c['hi']:.2f}]"
+
+    def tv(c):
+        return f"{c['tv']:.2f} [{c['lo']:.2f}, {c['hi']:.2f}]" if c else "—"
+
+    lines = ["| config | tier | object kept | negative gone | colour TV | distractor TV | Δobject vs none (p) | "
+             "Δobject vs vsf (p) |", "|---|---|---|---|---|---|---|---|"]
+    for config, row in table.items():
+        for name, c in row.items():
+            versus = [f"{v['delta']:+.2f} ({v['p']:.2g})" if v else "—"
+                      for v in (c.get("object_vs_none"), c.get("object_vs_vsf"))]
+            gone = ci(c["gone"])
+            if name == "multi":
+                gone += f"; alone {c['alone']['mean']:.2f}, ratio {c['together_over_alone']:.2f}"
+            lines.append(f"| {config} | {name} | {ci(c['object'])} | {gone} | {tv(c.get('colour_tv'))} | "
+                         f"{tv(c.get('distractor_tv'))} | {versus[0]} | {versus[1]} |")
+    return "\n".join(lines)
+
+
 def markdown(results: dict[str, dict]) -> str:
-    tiers = ("attribute", "object", "part")
+    tiers = TIERS
     head = "| config | " + " | ".join(f"{t}: object / neg. absent / clean" for t in tiers) + " |"
     lines = [head, "|---|" + "---|" * len(tiers)]
     for name, s in results.items():
@@ -206,6 +347,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--preset", type=Path, default=None, help="a job file in the toyneg format (default: the shipped one)")
     ap.add_argument("--seeds", type=parse_seeds, default=None, help="e.g. 0-7 or 0,1 (default: the preset's)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list from: {', '.join(CONFIGS)}")
+    ap.add_argument("--tiers", default="toyneg,collateral",
+                    help="toyneg (attribute, object, part: the preset), collateral (absent, other-class, multi), or both")
+    ap.add_argument("--prompts", choices=("bench", "dev"), default="bench",
+                    help="the collateral tier's prompts: the held-out benchmark ones, or dev ones for tuning")
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--write-preset", type=Path, help="write the benchmark YAML and exit")
@@ -215,23 +360,35 @@ def main(argv: list[str] | None = None) -> None:
         write_preset(args.write_preset)
         return
     torch.set_num_threads(args.threads)
-    jobs, seeds = load_jobs(args.preset)
+    tiers = set(args.tiers.split(","))
+    jobs, seeds = load_jobs(args.preset) if "toyneg" in tiers else ([], [0, 1])
+    if "collateral" in tiers:
+        jobs += collateral_jobs(world.held_out_prompts() if args.prompts == "bench" else dev_prompts())
     seeds = args.seeds or seeds
     pipe = load(args.model)
-    results, per_neg = {}, {}
+    results, per_neg, records_by = {}, {}, {}
     for name in args.configs.split(","):
         t0 = time.time()
         records = run(pipe, jobs, seeds, CONFIGS[name])
+        records_by[name] = records
         results[name] = summarise(records)
-        per_neg[name] = {n: sum(r["clean"] for r in records if r["neg"] == n) / sum(r["neg"] == n for r in records) for n in sorted({r["neg"] for r in records})}
+        toyneg = [r for r in records if r["tier"] in ("attribute", "object", "part")]
+        per_neg[name] = {n: float(np.mean([r["clean"] for r in toyneg if r["neg"] == n]))
+                         for n in sorted({r["neg"] for r in toyneg})}
         s = results[name]
-        print(f"{name:14s} " + "  ".join(f"{t} {s[t]['object']:.2f}/{s[t]['absent']:.2f}/{s[t]['clean']:.2f}" for t in ("attribute", "object", "part")) + f"  ({time.time() - t0:.0f} s)", flush=True)
-    table = markdown(results)
-    print(table)
+        print(f"{name:14s} " + "  ".join(f"{t} {s[t]['object']:.2f}/{s[t]['absent']:.2f}/{s[t]['clean']:.2f}"
+                                         for t in (*TIERS, *COLLATERAL_TIERS) if t in s)
+              + f"  ({time.time() - t0:.0f} s)", flush=True)
+    text = markdown(results) if "toyneg" in tiers else ""
+    table = collateral(records_by) if "collateral" in tiers else {}
+    if table:
+        text += ("\n\n" if text else "") + collateral_markdown(table)
+    print(text)
     if args.markdown:
-        args.markdown.write_text(table + "\n", encoding="utf-8")
+        args.markdown.write_text(text + "\n", encoding="utf-8")
     if args.json:
-        args.json.write_text(json.dumps({"seeds": seeds, "results": results, "clean_by_negative": per_neg}, indent=1), encoding="utf-8")
+        args.json.write_text(json.dumps({"seeds": seeds, "results": results, "clean_by_negative": per_neg,
+                                         "collateral": table}, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":
