@@ -228,11 +228,13 @@ def test_real_subprocess_on_tiny_model(sd3_dir, tmp_path):
     assert "--offline" in offline.stderr and "Traceback" not in offline.stderr
 
 
-@pytest.mark.parametrize("args", [["--help"], ["gen", "--help"], ["video", "--help"], ["batch", "run", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["gen", "--help"], ["video", "--help"], ["batch", "run", "--help"],
+                                  ["ui", "--help"]])
 def test_help_imports_no_torch(args):
-    """Help screens run in a fresh interpreter and must not pay for torch or diffusers."""
+    """Help screens run in a fresh interpreter and must not pay for torch, diffusers or gradio."""
     code = ("import sys\nfrom vsf_cli.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n"
-            "    code = e.code\nprint(code, 'torch' in sys.modules or 'diffusers' in sys.modules, file=sys.stderr)")
+            "    code = e.code\nprint(code, any(m in sys.modules for m in ('torch', 'diffusers', 'gradio')), "
+            "file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
     assert done.stderr.strip().splitlines()[-1] == "0 False", done.stderr
     assert "Usage" in done.stdout

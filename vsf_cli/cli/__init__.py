@@ -27,9 +27,9 @@ def _root(
     """Negative prompts that work on few-step image and video models (Value Sign Flip)."""
 
 
-from vsf_cli.cli import batch, bench, env, eval, gen, info, models, presets, report, video  # noqa: E402  (each registers its command on `app`)
+from vsf_cli.cli import batch, bench, env, eval, gen, info, models, presets, report, ui, video  # noqa: E402  (each registers its command on `app`)
 
-__all__ = ["app", "main", "batch", "bench", "env", "eval", "gen", "info", "models", "presets", "report", "video"]
+__all__ = ["app", "main", "batch", "bench", "env", "eval", "gen", "info", "models", "presets", "report", "ui", "video"]
 
 
 def main() -> None:

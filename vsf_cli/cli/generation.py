@@ -34,7 +34,7 @@ def run(flags: dict, *, defaults: dict, video: bool, from_file: Path | None, pre
     settings = resolve_settings(flags, from_file, preset, defaults, video=video)
     stored_seed = settings.pop("seed")  # from --from; explicit seeds and --seeds win
     explicit_seeds = list(seed or ([] if stored_seed is None or seeds else [stored_seed]))
-    jobs = plan(settings, _seeds(explicit_seeds, seeds, count))
+    jobs = plan(settings, pick_seeds(explicit_seeds, seeds, count))
     if dry_run:
         for path, s in jobs:
             typer.echo(json.dumps({"path": str(path), **s}) if as_json else f"{path}\t{json.dumps(s)}")
@@ -43,8 +43,10 @@ def run(flags: dict, *, defaults: dict, video: bool, from_file: Path | None, pre
 
 
 def resolve_settings(flags: dict, from_file: Path | None, preset: str | None = None, defaults: dict | None = None,
-                     video: bool | None = None) -> dict:
-    """Merge model defaults < command defaults < preset < --from file < VSF_* env < flags; validate (no model load)."""
+                     video: bool | None = None, warn: Callable[[str], None] = warn) -> dict:
+    """Merge model defaults < command defaults < preset < --from file < VSF_* env < flags; validate (no model load).
+
+    `warn` gets the warnings (stderr by default; the ui page shows them)."""
     from vsf_cli.batch.plan import fill_negative
     from vsf_cli.batch.spec import preset_defaults
     from vsf_cli.render.metadata import read_metadata
@@ -54,11 +56,11 @@ def resolve_settings(flags: dict, from_file: Path | None, preset: str | None = N
     layers = [defaults or {}, preset_defaults(preset), replay, env_layer(), flags]
     settings = resolve(*layers, warn=warn, video=video)
     settings["negative"] = fill_negative(settings["negative"], settings["prompt"])
-    warn_ignored(flags, settings["method"])
+    warn_ignored(flags, settings["method"], warn)
     return settings
 
 
-def warn_ignored(flags: dict, method: str) -> None:
+def warn_ignored(flags: dict, method: str, warn: Callable[[str], None] = warn) -> None:
     """One warning for method knobs given as flags that the chosen method does not take (they would do nothing)."""
     from vsf_cli import guidance
     from vsf_cli.cli.options import flag
@@ -72,7 +74,8 @@ def warn_ignored(flags: dict, method: str) -> None:
              f"(it takes {takes})")
 
 
-def _seeds(explicit: list[int], random_count: int | None, count: int | None) -> list[int]:
+def pick_seeds(explicit: list[int], random_count: int | None, count: int | None) -> list[int]:
+    """The seeds of --seed, --seeds and -n, checked as `gen` checks them (the ui page takes the same)."""
     for name, value in (("--seeds", random_count), ("-n", count)):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1")

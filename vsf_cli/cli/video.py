@@ -12,10 +12,11 @@ from vsf_cli.errors import UsageError
 
 DEFAULT_OUTPUT = "out/{slug}_{seed}.mp4"
 DEFAULT_MODEL = "wan-1.3b"
+EXCLUDED = ("compat",)  # Wan has one stream layout: --compat changes nothing (the ui page hides it too)
 
 
 @app.command("video")
-@o.add_flags(DEFAULT_MODEL, after="model", exclude=("compat",))  # Wan has one stream layout: --compat changes nothing
+@o.add_flags(DEFAULT_MODEL, after="model", exclude=EXCLUDED)
 def video(
     prompt: str = typer.Argument(None, help="What to film (optional with --from)."),
     model: str = typer.Option(None, "--model", "-m", help=f"wan (= wan-1.3b), wan-14b, wan-i2v-14b (with --image), wan22-t2v-a14b, wan22-i2v-a14b (with --image), wan22-ti2v-5b (--image optional), a local Wan folder or hub id. (default: {DEFAULT_MODEL})"),
