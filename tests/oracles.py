@@ -108,14 +108,41 @@ def spans(groups: dict[str, int]) -> dict[str, slice]:
     return out
 
 
+def naive_contrast(q, k_plus, v_plus, k_neg, v_neg, scale, offset, cap, neg_valid=None):
+    """VSF's contrast variant as docs/method.md §1.4 writes it, in float64, one token at a time for the cap.
+
+    s = the share the negative keys (logits - offset) take in one softmax beside the other keys; Z+ = attention
+    over the other keys alone, Z- over the negative keys alone; Z = Z+ + scale * s * (Z+ - Z-), the push scaled
+    down per token so that its L1 norm over all heads' channels is at most cap times Z+'s.
+    `neg_valid` (batch, negative keys) is False for padding, which no query sees.
+    """
+    q, k_plus, v_plus, k_neg, v_neg = (x.double() for x in (q, k_plus, v_plus, k_neg, v_neg))
+    root = math.sqrt(q.shape[-1])
+    plus = q @ k_plus.transpose(-1, -2) / root
+    minus = q @ k_neg.transpose(-1, -2) / root - offset
+    if neg_valid is not None:
+        minus = minus.masked_fill(~neg_valid[:, None, None, :], -math.inf)
+    joined = torch.softmax(torch.cat([plus, minus], -1), -1)
+    share = joined[..., plus.shape[-1]:].sum(-1, keepdim=True)
+    z_plus, z_minus = torch.softmax(plus, -1) @ v_plus, torch.softmax(minus, -1) @ v_neg
+    push = scale * share * (z_plus - z_minus)
+    for b in range(q.shape[0]):
+        for t in range(q.shape[2]):
+            ratio = push[b, :, t].abs().sum() / z_plus[b, :, t].abs().sum()
+            if ratio > cap:
+                push[b, :, t] *= cap / ratio
+    return z_plus + push
+
+
 class DenseVSF:
     """VSF written from the paper's table: full q/k/v, one dense mask, softmax.
 
     `layout` "paper": stream [P, N0]; "reference": the seed code's [P, Na, Nb] (docs/method.md §2.3, its table).
     """
 
-    def __init__(self, n_pos, n_neg, scale, offset, layout="paper"):
+    def __init__(self, n_pos, n_neg, scale, offset, layout="paper", cap=None):
         self.n_pos, self.n_neg, self.scale, self.offset, self.layout = n_pos, n_neg, scale, offset, layout
+        self.cap = cap  # a number: the image rows are the contrast variant's (`naive_contrast`), not the table's
 
     def mask(self, n_img):
         """The table as an additive mask: 0 where a query group sees a key group, -offset on I -> N1, -inf elsewhere."""
@@ -142,6 +169,10 @@ class DenseVSF:
         k = torch.cat([ki, kt, kt[:, :, neg]], 2)
         v = torch.cat([vi, vt, -self.scale * vt[:, :, neg]], 2)
         out = softmax_attention(q, k, v, self.mask(n_img))
+        if self.cap is not None:
+            plus = slice(0, kt.shape[2] - self.n_neg)
+            out[:, :, :n_img] = naive_contrast(qi, torch.cat([ki, kt[:, :, plus]], 2), torch.cat([vi, vt[:, :, plus]], 2),
+                                               kt[:, :, neg], vt[:, :, neg], self.scale, self.offset, self.cap)
         return finish(attn, out[:, :, :n_img], out[:, :, n_img:])
 
 

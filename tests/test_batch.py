@@ -170,6 +170,9 @@ def test_shipped_presets_load_and_expand():
     counts = {name: len(expand(spec.load(spec.preset_path(name)))) for name in spec.preset_names()}
     assert counts["anti-aesthetic"] == 8 and counts["abstract-art"] == 4 and counts["nag-strong"] == 4
     assert counts["neggenbench"] == 400 and counts["toyneg"] == 216
+    for name, scale in (("vsf-strong", 3.8), ("vsf-quality", 3.3)):  # the seed code's two settings, paper variant
+        s = expand(spec.load(spec.preset_path(name)))[0].settings
+        assert counts[name] == 4 and (s["method"], s["variant"], s["scale"], s["offset"]) == ("vsf", "paper", scale, 0.2)
     art = expand(spec.load(spec.preset_path("abstract-art")))
     assert art[0].settings["negative"] == art[0].settings["prompt"] and art[3].settings["negative"] == "people"
     listed = runner.invoke(app, ["presets"])

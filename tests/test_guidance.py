@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import load
-from oracles import DenseVSF, generate, hooks_left, run_with_oracle
+from oracles import DenseVSF, generate, hooks_left, naive_contrast, run_with_oracle
 from vsf_cli import guidance
 from vsf_cli.errors import UsageError
 from vsf_cli.guidance.attention import attention_lse, small_attention_lse, vsf_joint
@@ -72,6 +72,39 @@ def test_infinite_offset_is_positive_only_attention():
     q, k, v = (torch.cat([a, b], 2) for a, b in zip(image, positive))
     plain = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     assert torch.allclose(fast[0], plain[:, :, :30], atol=1e-6)
+
+
+@pytest.mark.parametrize("cap", [math.inf, 0.5, 0.05])
+@pytest.mark.parametrize("scale, offset", [(3.5, 0.1), (1.0, -0.5), (8.0, 0.7)])
+def test_contrast_kernel_equals_its_formula(scale, offset, cap):
+    """Joint and cross kernels against the naive float64 contrast; a padded negative key is seen by no query."""
+    from vsf_cli.guidance.attention import vsf_cross
+
+    image, positive, negative = groups(40, 9, 6)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    fast = vsf_joint(image, positive, negative, scale=scale, offset=offset, cap=cap, negative_mask=mask)
+    keys, values = (torch.cat([a, b], 2) for a, b in zip(image[1:], positive[1:]))
+    want = naive_contrast(image[0], keys, values, *negative[1:], scale, offset, cap, neg_valid=mask)
+    assert torch.allclose(fast[0].double(), want, atol=1e-5)
+    paper = vsf_joint(image, positive, negative, scale=scale, offset=offset, negative_mask=mask)
+    assert close(fast[1:], paper[1:]) and not torch.allclose(fast[0], paper[0], atol=1e-3)  # text rows: the paper's
+    cross = vsf_cross(image[0], positive[1:], negative[1:], scale=scale, offset=offset, cap=cap, negative_mask=mask)
+    assert torch.allclose(cross.double(), naive_contrast(image[0], *positive[1:], *negative[1:], scale, offset, cap,
+                                                         neg_valid=mask), atol=1e-5)
+
+
+def test_contrast_at_scale_zero_or_infinite_offset_is_the_positive_attention():
+    from vsf_cli.guidance.attention import vsf_cross
+
+    image, positive, negative = groups(30, 7, 4)
+    q, k, v = (torch.cat([a, b], 2) for a, b in zip(image, positive))
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v)[:, :, :30]
+    for scale, offset in ((0.0, 0.1), (3.5, math.inf)):
+        fast = vsf_joint(image, positive, negative, scale=scale, offset=offset, cap=0.5)
+        assert torch.allclose(fast[0], plain, atol=1e-6)
+        alone = torch.nn.functional.scaled_dot_product_attention(image[0], *positive[1:])
+        assert torch.allclose(vsf_cross(image[0], positive[1:], negative[1:], scale=scale, offset=offset, cap=0.5),
+                              alone, atol=1e-6)
 
 
 def test_dense_mask_equals_the_table_cell_by_cell():
@@ -143,6 +176,23 @@ def test_pipeline_equals_dense_oracle(fixture, request):
     dense = oracle_run(pipe, "wheels", 3.5, 0.1)
     assert torch.allclose(fast, dense, atol=1e-4)
     assert not torch.allclose(fast, generate(pipe), atol=1e-3), "guidance had no effect"
+
+
+@pytest.mark.parametrize("fixture", ["sd3", "sd3_dual"])
+def test_contrast_variant_on_the_pipeline_equals_its_dense_oracle(fixture, request):
+    from vsf_cli.guidance.vsf import CAP
+
+    pipe = request.getfixturevalue(fixture)
+    with guidance.apply(pipe, "vsf", negative="wheels", scale=3.5, offset=0.1, variant="contrast"):
+        fast = generate(pipe)
+    neg = unpadded_negative(pipe, "wheels")
+    dense = run_with_oracle(pipe, DenseVSF(77 + 256, neg.shape[1], 3.5, 0.1, cap=CAP), [neg])
+    assert torch.allclose(fast, dense, atol=1e-4)
+    with guidance.apply(pipe, "vsf", negative="wheels", scale=3.5, offset=0.1, variant="paper"):
+        assert not torch.allclose(fast, generate(pipe), atol=1e-3)
+    plain = generate(pipe)
+    with guidance.apply(pipe, "vsf", negative="wheels", scale=0.0, variant="contrast"):
+        assert torch.allclose(generate(pipe), plain, atol=1e-5)  # neutral: no push, no dilution
 
 
 def test_reference_layout_equals_its_dense_oracle(sd3):

@@ -32,6 +32,36 @@ def test_benchmark_prompts_are_not_training_captions():
     assert {j["tier"] for j in jobs} == {"attribute", "object", "part"}
 
 
+def test_collateral_jobs_cover_each_prompt_and_share_noise_with_their_singles():
+    jobs = bench.collateral_jobs(world.held_out_prompts())
+    assert {j["tier"] for j in jobs} == {"absent", "other-class", "multi", "multi-single"}
+    for job in jobs:
+        kind = job["expect"]["object"]
+        if job["tier"] == "absent":  # a part the class draws at most a quarter of the time
+            assert world.PART_PRIOR[kind][job["neg"]] <= 0.25
+        if job["tier"] == "other-class":
+            assert job["neg"] in world.CLASSES and job["neg"] != kind
+        if job["tier"] == "multi":
+            singles = [j for j in jobs if j["tier"] == "multi-single" and j["noise"] == job["noise"]]
+            assert [j["neg"] for j in singles] == job["neg"] and len(job["neg"]) in (2, 3)
+    assert not {j["prompt"] for j in jobs} & set(bench.dev_prompts())  # tuning prompts are not the benchmark's
+
+
+def test_collateral_statistics_on_known_records():
+    def record(job, seed, tier, obj, absent, colour="red", distractors="none"):
+        return {"job": job, "seed": seed, "tier": tier, "object": obj, "absent": absent, "clean": obj and absent,
+                "colour": colour, "distractors": distractors, "neg": "x"}
+
+    none = [record(i, 0, "absent", True, False) for i in range(10)]
+    # the method loses the object in 3 of 10 images and turns 4 bodies yellow
+    method = [record(i, 0, "absent", i >= 3, True, "yellow" if i < 4 else "red") for i in range(10)]
+    cell = bench.collateral({"none": none, "vsf-paper": none, "m": method})["m"]["absent"]
+    assert cell["object"]["mean"] == 0.7 and cell["gone"]["mean"] == 1.0
+    assert cell["colour_tv"]["tv"] == 0.4 and cell["distractor_tv"]["tv"] == 0.0
+    assert cell["object_vs_none"]["delta"] == -0.3 and cell["object_vs_none"]["p"] == 0.25  # McNemar: 0 vs 3
+    assert bench.total_variation(["a", "b"], ["b", "a"]) == 0.0
+
+
 def test_every_word_is_one_token():
     clip, t5 = text.clip_tokenizer(), text.t5_tokenizer()
     for word in world.VOCAB:

@@ -85,14 +85,38 @@ def with_flipped(
     scale: float,
     offset: float,
     negative_mask: torch.Tensor | None,
+    cap: float | None = None,
 ) -> torch.Tensor:
     """Merge the negative's keys, with values times -scale and logits minus offset, into an attention result.
 
     `attended` is (output, log-sum-exp) of the queries `q` over their other keys; an infinite offset leaves it as is.
+    `cap` None is the paper's merge; a number is the contrast variant (`pushed_away`) with that cap.
     """
     if offset == float("inf"):
         return attended[0]
-    return merge(attended, small_attention_lse(q, k_n, v_n * -scale, bias=-offset, key_mask=negative_mask))
+    if cap is None:
+        return merge(attended, small_attention_lse(q, k_n, v_n * -scale, bias=-offset, key_mask=negative_mask))
+    return pushed_away(attended, small_attention_lse(q, k_n, v_n, bias=-offset, key_mask=negative_mask), scale, cap)
+
+
+def pushed_away(attended: tuple[torch.Tensor, torch.Tensor], negative: tuple[torch.Tensor, torch.Tensor],
+                scale: float, cap: float) -> torch.Tensor:
+    """VSF's contrast variant (docs/method.md §1.4): Z = Z+ + scale * s * (Z+ - Z-), where s is the share of the
+    softmax the negative's keys would take beside the others (the paper's weight, offset included). The push's L1
+    norm over all heads' channels is capped at `cap` times Z+'s, token by token, as NAG caps its guidance.
+
+    The paper's merge is (1 - s) Z+ - scale * s * Z-: it dilutes the positive wherever a query reads the negative,
+    and pushes along Z-'s part shared with every text, which is what moved objects and colours that a negative
+    does not name (docs/toy.md).
+    """
+    (z_p, lse_p), (z_n, lse_n) = attended, negative
+    share = torch.sigmoid(lse_n - lse_p).unsqueeze(-1)
+    positive = z_p.float()
+    push = scale * share * (positive - z_n.float())
+    if cap != float("inf"):
+        ratio = push.abs().sum(dim=(1, 3), keepdim=True) / positive.abs().sum(dim=(1, 3), keepdim=True)
+        push = push * torch.clamp(cap / ratio, max=1.0).nan_to_num(1.0)
+    return (positive + push).to(z_p.dtype)
 
 
 def vsf_cross(
@@ -103,16 +127,20 @@ def vsf_cross(
     scale: float,
     offset: float,
     negative_mask: torch.Tensor | None = None,
+    cap: float | None = None,
 ) -> torch.Tensor:
     """VSF in cross-attention (Wan `attn2`): one softmax over the context [positive + padding, negative] in which
     the negative's values are multiplied by -scale and its logits get -offset (docs/method.md §4).
 
     Every image query sees the same keys, so the offset is one broadcast bias row (batch, 1, 1, keys), never an
     n_image x keys mask. Measured against a log-sum-exp split, this single fused call is the faster (docs/benchmarks.md).
+    `cap` a number: the contrast variant (`pushed_away`), from the positive's attention and the negative's apart.
     """
     (k_p, v_p), (k_n, v_n) = positive, negative
     if offset == float("inf"):
         return F.scaled_dot_product_attention(query, k_p, v_p)
+    if cap is not None:
+        return with_flipped(attention_lse(query, k_p, v_p), query, k_n, v_n, scale, offset, negative_mask, cap)
     bias = query.new_zeros(k_n.shape[0], 1, 1, k_p.shape[2] + k_n.shape[2])
     bias[..., k_p.shape[2]:] = -offset
     if negative_mask is not None:
@@ -142,6 +170,7 @@ def vsf_joint(
     offset: float,
     negative_mask: torch.Tensor | None = None,
     context_mask: torch.Tensor | None = None,
+    cap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """VSF in one joint (MMDiT) attention layer; returns the outputs of the image, positive and negative queries.
 
@@ -151,6 +180,7 @@ def vsf_joint(
       negative queries  -> image, negative (the collector N0)
     Image and positive queries share one fused attention over [image, positive]. The key masks (batch, keys), False
     for padding, cover the negative and [image, positive] (`context_mask`: a batch of captions of unequal length).
+    `cap` None is the paper's merge for the image queries; a number, the contrast variant with that cap.
     """
     q_i, k_i, v_i = image
     q_p, k_p, v_p = positive
@@ -158,7 +188,7 @@ def vsf_joint(
     n_i = q_i.shape[2]
     out, lse = attention_lse(torch.cat([q_i, q_p], dim=2), torch.cat([k_i, k_p], dim=2), torch.cat([v_i, v_p], dim=2),
                              key_mask=context_mask)
-    image_out = with_flipped((out[:, :, :n_i], lse[:, :, :n_i]), q_i, k_n, v_n, scale, offset, negative_mask)
+    image_out = with_flipped((out[:, :, :n_i], lse[:, :, :n_i]), q_i, k_n, v_n, scale, offset, negative_mask, cap)
     image_mask = None if context_mask is None else context_mask[:, :n_i]
     collector = merge(attention_lse(q_n, k_i, v_i, key_mask=image_mask),
                       small_attention_lse(q_n, k_n, v_n, key_mask=negative_mask))

@@ -6,6 +6,10 @@ from pydantic import Field
 
 from vsf_cli.guidance.base import AttentionMethod
 
+# The contrast variant's cap on its push, in units of the positive attention output's L1 norm, token by token;
+# chosen on the toy's dev prompts (docs/toy.md, "Collateral").
+CAP = 0.5
+
 
 class VSF(AttentionMethod):
     """VSF with the paper's layout (collector N0 in the stream, flipped K/V-only copy N1 read by image tokens)."""
@@ -14,24 +18,30 @@ class VSF(AttentionMethod):
                          "-scale; higher pushes harder away from the negative")
     offset: float = Field(0.1, ge=-5.0, description="logit offset beta subtracted from image->negative logits; higher "
                           "damps the negative, inf = off")
+    variant: Literal["paper", "contrast"] = Field(
+        "paper", description="paper (the paper's sign flip) or contrast (push away from the negative relative to the "
+        "positive, capped: keeps objects a negative does not name, adds suns on the toy; docs/toy.md)")
     compat: Literal["paper", "reference"] = Field(
         "paper", description="stream layout: paper (the paper's design) or reference (the seed code's, with the negative "
         "twice, which the paper's numbers used)"
     )
+
+    def _cap(self) -> float | None:
+        return CAP if self.variant == "contrast" else None
 
     def kernel(self):
         from functools import partial
 
         from vsf_cli.guidance.attention import vsf_joint
 
-        return partial(vsf_joint, scale=self.scale, offset=self.offset)
+        return partial(vsf_joint, scale=self.scale, offset=self.offset, cap=self._cap())
 
     def cross_kernel(self):
         from functools import partial
 
         from vsf_cli.guidance.attention import vsf_cross
 
-        return partial(vsf_cross, scale=self.scale, offset=self.offset)
+        return partial(vsf_cross, scale=self.scale, offset=self.offset, cap=self._cap())
 
     def options(self) -> dict:
         return {"reference_layout": self.compat == "reference"}
