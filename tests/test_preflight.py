@@ -123,7 +123,7 @@ def test_knobs_the_method_ignores_get_one_warning(no_load):
     assert result.stderr.strip() == "warning: --scale does nothing with --method none (it takes no knobs)"
     result = runner.invoke(app, ["gen", "a car", "--neg", "red", "--model", "toy", "--nag-scale", "2", "--dry-run"])
     assert result.stderr.strip() == ("warning: --nag-scale does nothing with --method vsf "
-                                     "(it takes --scale, --offset, --compat)")
+                                     "(it takes --scale, --offset, --variant, --compat)")
     quiet = runner.invoke(app, ["gen", "a car", "--neg", "red", "--model", "toy", "--scale", "2", "--dry-run"])
     assert quiet.stderr == ""
 

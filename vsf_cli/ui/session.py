@@ -84,8 +84,7 @@ def plan(request: Request, warn: Callable[[str], None] = lambda message: None, l
     if len(seeds) > MAX_SEEDS or len(sweep) > MAX_SWEEP:
         raise UsageError(f"at most {MAX_SEEDS} seeds and {MAX_SWEEP} sweep values")
     base = {"prompt": request.prompt, "model": request.model,
-            **to_settings({"neg": [line.strip() for line in (request.negative or "").splitlines() if line.strip()],
-                           "size": request.size or None, "steps": request.steps}),
+            **to_settings({"neg": _negatives(request.negative), "size": request.size or None, "steps": request.steps}),
             "frames": request.frames, **(load or {})}
     taken = guidance.parameters(request.method)
     knobs = {k: v for k, v in request.knobs.items() if k in taken and v is not None}
@@ -102,6 +101,12 @@ def plan(request: Request, warn: Callable[[str], None] = lambda message: None, l
             label = f"{request.method} {main} {resolved[main]:g}" if main else request.method
         rows.append(Row(label, [{**resolved, "seed": seed} for seed in seeds]))
     return Comparison(seeds, rows)
+
+
+def _negatives(text: str | None) -> list[str]:
+    """The box's lines as repeated --neg values; a box of blanks stays one blank, refused as `--neg " "` is."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines or ([text] if text else [])
 
 
 class Session:
