@@ -61,8 +61,10 @@ def matches(expected: list[str], actual: list[str]) -> bool:
 def run(command: str, cwd: Path, env: dict, interrupt_after: str | None) -> list[str]:
     """Run one transcript command; stdout and stderr merged in the order they were written, as a terminal shows."""
     command = re.sub(r"^vsf\b", f"{sys.executable} -m vsf_cli", command)
+    # As in a terminal, Ctrl-C is not ignored, whatever this test process inherited or an earlier test left set.
     proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in proc.stdout:
         lines.append(line.rstrip("\n"))
