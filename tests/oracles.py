@@ -343,3 +343,10 @@ def kernel_calls_per_step(pipe, monkeypatch, run) -> list[int]:
         for handle in handles:
             handle.remove()
     return counts
+
+
+def negative_states(pipe, text, length=None):
+    """The negative as UMT5 states: unpadded (its own tokens and EOS), or zero-padded to `length` like a positive."""
+    ids = pipe.tokenizer(text, return_tensors="pt")
+    states = pipe.text_encoder(ids.input_ids, ids.attention_mask).last_hidden_state
+    return states if length is None else torch.cat([states, states.new_zeros(1, length - states.shape[1], states.shape[2])], 1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from oracles import DenseCross, check_uncond_passes_run_plain, hooks_left, kernel_calls_per_step
+from oracles import DenseCross, check_uncond_passes_run_plain, hooks_left, kernel_calls_per_step, negative_states
 from tiny import build_wan
 from vsf_cli import guidance
 from vsf_cli.cli import app
@@ -35,13 +35,6 @@ def wan(wan_dir):
 def render(pipe, guidance_scale=1.0, **kw):
     return pipe(prompt=kw.pop("prompt", PROMPT), guidance_scale=guidance_scale,
                 generator=torch.Generator().manual_seed(0), **{**CALL, **kw}).frames
-
-
-def negative_states(pipe, text, length=None):
-    """The negative as UMT5 states: unpadded (its own tokens and EOS), or zero-padded to `length` like a positive."""
-    ids = pipe.tokenizer(text, return_tensors="pt")
-    states = pipe.text_encoder(ids.input_ids, ids.attention_mask).last_hidden_state
-    return states if length is None else torch.cat([states, states.new_zeros(1, length - states.shape[1], states.shape[2])], 1)
 
 
 def oracle_render(pipe, context, processor, **kw):

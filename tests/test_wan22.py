@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from oracles import DenseCross, check_uncond_passes_run_plain, denoisers, hooks_left, kernel_calls_per_step
+from oracles import (DenseCross, check_uncond_passes_run_plain, denoisers, hooks_left, kernel_calls_per_step,
+                     negative_states)
 from tiny import build_wan, build_wan22, letter_t5_tokenizer
 from vsf_cli import guidance
 from vsf_cli.cli import app
@@ -58,13 +59,6 @@ def layout(request, wan22_dirs):
 def render(pipe, call, guidance_scale=1.0, **kw):
     return pipe(prompt=kw.pop("prompt", PROMPT), guidance_scale=guidance_scale,
                 generator=torch.Generator().manual_seed(0), **{**call, **kw}).frames
-
-
-def negative_states(pipe, text, length=None):
-    """The negative as UMT5 states: unpadded (its own tokens and EOS), or zero-padded to `length` like a positive."""
-    ids = pipe.tokenizer(text, return_tensors="pt")
-    states = pipe.text_encoder(ids.input_ids, ids.attention_mask).last_hidden_state
-    return states if length is None else torch.cat([states, states.new_zeros(1, length - states.shape[1], states.shape[2])], 1)
 
 
 def oracle_render(pipe, call, context, processor):

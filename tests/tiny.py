@@ -48,11 +48,13 @@ def _clip_encoder(seed: int, vocab_size: int, hidden: int):
     return CLIPTextModelWithProjection(cfg).eval()
 
 
-def _t5_encoder(seed: int, vocab_size: int):
-    from transformers import T5Config, T5EncoderModel
+def _t5_encoder(seed: int, vocab_size: int, umt5: bool = False):
+    """A tiny random T5 encoder (SD3, Flux), or UMT5 encoder (Wan), of the same shape."""
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
+    model, config = (UMT5EncoderModel, UMT5Config) if umt5 else (T5EncoderModel, T5Config)
     torch.manual_seed(seed)
-    return T5EncoderModel(T5Config(
+    return model(config(
         vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
     )).eval()
@@ -134,16 +136,6 @@ def build_flux(path: Path, *, seed: int = 0) -> Path:
     return Path(path)
 
 
-def _umt5(seed: int, vocab_size: int):
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    torch.manual_seed(seed)
-    return UMT5EncoderModel(UMT5Config(
-        vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-    )).eval()
-
-
 def _wan_transformer(seed: int, in_channels: int, out_channels: int = 16, **extra):
     from diffusers import WanTransformer3DModel
 
@@ -171,7 +163,7 @@ def build_wan(path: Path, *, seed: int = 0, image_to_video: bool = False) -> Pat
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     t5_tok = letter_t5_tokenizer()
-    umt5 = _umt5(seed + 1, len(t5_tok))
+    umt5 = _t5_encoder(seed + 1, len(t5_tok), umt5=True)
     i2v = {"image_dim": 12, "added_kv_proj_dim": 16} if image_to_video else {}
     # I2V: noise, the first-frame mask and its latents
     transformer = _wan_transformer(seed + 2, 36 if image_to_video else 16, **i2v)
@@ -455,7 +447,7 @@ def build_wan22(path: Path, kind: str = "t2v", *, seed: int = 0, tokenizer=None)
     from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanPipeline
 
     t5_tok = tokenizer or letter_t5_tokenizer()
-    parts = dict(tokenizer=t5_tok, text_encoder=_umt5(seed + 1, len(t5_tok)), scheduler=_wan_scheduler())
+    parts = dict(tokenizer=t5_tok, text_encoder=_t5_encoder(seed + 1, len(t5_tok), umt5=True), scheduler=_wan_scheduler())
     torch.manual_seed(seed + 3)
     if kind == "ti2v":
         vae = AutoencoderKLWan(base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,

@@ -22,10 +22,11 @@ class CFG(Method):
 
     def call_kwargs(self, pipe, negatives: list[str]) -> dict:
         from vsf_cli.models import families
+        from vsf_cli.negatives import label
 
         family = families.of(pipe)
         # Several negatives for one prompt are one unconditional prompt to CFG: joined as a user would write them.
-        texts = [n if isinstance(n, str) else ", ".join(n) for n in negatives]
+        texts = [label(n) for n in negatives]
         negative = texts[0] if len(texts) == 1 else texts
         return {"negative_prompt": negative, family.cfg_argument: self.pipeline_scale(family)}
 

@@ -131,7 +131,7 @@ class Config:
 PAPER = (("variant", "paper"),)
 CONFIGS = {
     "none": Config("none", "none"),
-    "vsf": Config("vsf"),  # the method's defaults: scale 3.5, offset 0.1, the contrast variant
+    "vsf": Config("vsf"),  # the method's defaults: scale 3.5, offset 0.1, the paper's variant
     "vsf-paper": Config("vsf-paper", params=PAPER),  # the paper's exact method at the same scale and offset
     "vsf-contrast": Config("vsf-contrast", params=(("variant", "contrast"),)),
     "vsf-contrast-s5": Config("vsf-contrast-s5", params=(("variant", "contrast"), ("scale", 5.0))),
@@ -173,7 +173,7 @@ def generate(pipe, prompts: list[str], negatives: list, seeds: list[int], config
     kw = dict(do_classifier_free_guidance=False, max_sequence_length=MAX_TOKENS)
     embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, **kw)
     if config.pooled_k is not None:
-        joined = [n if isinstance(n, str) else " and ".join(n) for n in negatives]
+        joined = [swapped(n, "joined") for n in negatives]
         neg_pooled = pipe.encode_prompt(prompt=joined, prompt_2=None, prompt_3=None, **kw)[2]
         pooled = neg_pooled + config.pooled_k * (pooled - neg_pooled)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
@@ -254,13 +254,6 @@ def _paired_tv(records: list[dict], base: list[dict], field: str, n_boot: int = 
     return {"tv": round(total_variation(a, b), 3), "lo": round(float(lo), 3), "hi": round(float(hi), 3)}
 
 
-def _rate(values) -> dict:
-    from vsf_cli.eval.stats import bootstrap_ci
-
-    lo, hi = bootstrap_ci([float(v) for v in values])
-    return {"mean": round(float(np.mean(values)), 3), "lo": round(lo, 3), "hi": round(hi, 3)}
-
-
 def _versus(records: list[dict], base: list[dict], field: str) -> dict:
     """Paired difference of a yes/no field against the baseline's images: the mean and an exact McNemar p."""
     from vsf_cli.eval.stats import sign_test
@@ -280,14 +273,16 @@ def collateral(results: dict[str, list[dict]], baseline: str = "none", reference
     def tier(records, name):
         return sorted((r for r in records if r["tier"] == name), key=key)
 
+    from vsf_cli.eval.stats import estimate  # mean, bootstrap 95% CI and count
+
     out = {}
     for config, records in results.items():
         row = {}
-        for name in ("absent", "other-class", "multi"):
+        for name in COLLATERAL_TIERS:
             rs = tier(records, name)
             if not rs:
                 continue
-            cell = {"n": len(rs), "object": _rate([r["object"] for r in rs]), "gone": _rate([r["absent"] for r in rs])}
+            cell = {"n": len(rs), "object": estimate([r["object"] for r in rs]), "gone": estimate([r["absent"] for r in rs])}
             if baseline in results:
                 base = tier(results[baseline], name)
                 cell["colour_tv"] = _paired_tv(rs, base, "colour")
@@ -297,8 +292,8 @@ def collateral(results: dict[str, list[dict]], baseline: str = "none", reference
                 cell["object_vs_" + reference] = _versus(rs, tier(results[reference], name), "object")
             if name == "multi":
                 singles = [r for r in records if r["tier"] == "multi-single"]
-                cell["alone"] = _rate([r["absent"] for r in singles])
-                cell["alone_object"] = _rate([r["object"] for r in singles])
+                cell["alone"] = estimate([r["absent"] for r in singles])
+                cell["alone_object"] = estimate([r["object"] for r in singles])
                 cell["together_over_alone"] = round(cell["gone"]["mean"] / max(cell["alone"]["mean"], 1e-9), 3)
             row[name] = cell
         out[config] = row
