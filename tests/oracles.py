@@ -252,9 +252,12 @@ def check_uncond_passes_run_plain(pipe, run) -> list:
 
 
 def hooks_left(transformer) -> bool:
-    """Whether guidance left any torch or diffusers hook on the transformer."""
+    """Whether guidance left any torch or diffusers hook, or a wrapped forward, on the transformer or its modules."""
+    from vsf_cli.guidance.install import guided
+
     registry = getattr(transformer, "_diffusers_hook", None)
-    return bool(transformer._forward_pre_hooks) or bool(registry and registry.hooks)
+    return (bool(transformer._forward_pre_hooks) or bool(registry and registry.hooks)
+            or any(guided(m) for m in transformer.modules()))
 
 
 class DenseCross:

@@ -110,12 +110,11 @@ def generate(pipe, **kw):
 
 
 def test_every_dual_and_single_block_is_guided(flux):
-    from vsf_cli.guidance.install import HOOK_NAME
+    from vsf_cli.guidance.install import guided
 
     def hooked():
         blocks = [*flux.transformer.transformer_blocks, *flux.transformer.single_transformer_blocks]
-        return [getattr(b.attn, "_diffusers_hook", None) is not None and b.attn._diffusers_hook.get_hook(HOOK_NAME)
-                is not None for b in blocks]
+        return [guided(b.attn) for b in blocks]
 
     stock = {type(p) for p in flux.transformer.attn_processors.values()}
     with guidance.apply(flux, "vsf", negative="wheels"):

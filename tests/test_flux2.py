@@ -225,10 +225,10 @@ def guidance_family(pipe):
 
 
 def test_every_double_and_single_block_is_guided(klein):
-    from vsf_cli.guidance.install import HOOK_NAME
+    from vsf_cli.guidance.install import guided
 
     def hooked():
-        return [getattr(a, "_diffusers_hook", None) is not None and a._diffusers_hook.get_hook(HOOK_NAME) is not None
+        return [guided(a)
                 for a in attentions(klein.transformer)]
 
     stock = [type(p) for p in processors(klein.transformer)]

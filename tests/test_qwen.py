@@ -160,12 +160,12 @@ def test_negative_is_encoded_as_the_pipeline_encodes_a_prompt_alone(qwen, edit):
 
 
 def test_every_block_is_guided_and_restored(qwen):
-    from vsf_cli.guidance.install import HOOK_NAME
+    from vsf_cli.guidance.install import guided
 
     t = qwen.transformer
 
     def hooked(modules):
-        return [getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.get_hook(HOOK_NAME) is not None
+        return [guided(m)
                 for m in modules]
 
     stock = dict(t.attn_processors)

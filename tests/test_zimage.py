@@ -195,12 +195,12 @@ def test_prepared_negative_is_the_text_refined_as_a_caption_alone(zimage, keep_p
 
 
 def test_every_main_layer_is_guided_and_no_refiner(zimage):
-    from vsf_cli.guidance.install import HOOK_NAME
+    from vsf_cli.guidance.install import guided
 
     t = zimage.transformer
 
     def hooked(modules):
-        return [getattr(m, "_diffusers_hook", None) is not None and m._diffusers_hook.get_hook(HOOK_NAME) is not None
+        return [guided(m)
                 for m in modules]
 
     refiners = [*t.noise_refiner, *t.context_refiner]

@@ -28,24 +28,30 @@ def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         parts = [attention_lse(q[b:b + 1], k[b:b + 1, :, key_mask[b]], v[b:b + 1, :, key_mask[b]])
                  for b in range(q.shape[0])]
         return torch.cat([out for out, _ in parts]), torch.cat([lse for _, lse in parts])
-    # `attention_lse.backend` names the kernel the last call used (the benchmark reports it).
     if q.device.type == "cpu":
-        attention_lse.backend = "cpu flash"
+        _used("cpu flash")
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
         return out, lse
     if q.device.type == "cuda":
         if q.dtype in (torch.float16, torch.bfloat16):
             try:
                 out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2]
-                attention_lse.backend = "cuda flash"
+                _used("cuda flash")
                 return out, lse
             except RuntimeError:  # head_dim or GPU generation the flash kernel does not support
                 pass
-        attention_lse.backend = "cuda memory-efficient"
+        _used("cuda memory-efficient")
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
         return out, lse[..., : q.shape[2]]  # the kernel pads the lse length to a multiple of 32
-    attention_lse.backend = "math"
+    _used("math")
     return small_attention_lse(q, k, v)
+
+
+def _used(kernel: str) -> None:
+    """Record in `attention_lse.backend` the kernel an eager call used (the benchmark reports it); a compiled call
+    records nothing, as setting a function attribute would break its graph."""
+    if not torch.compiler.is_compiling():
+        attention_lse.backend = kernel
 
 
 def small_attention_lse(

@@ -4,9 +4,14 @@ attention module, and the stacked negatives.
 No processor is replaced or copied. Each guided attention module runs its own processor (projections, norms, RoPE
 and all) inside a `TorchFunctionMode` that catches its `F.scaled_dot_product_attention` call and hands (q, k, v) to
 the method's kernel, as diffusers' own `hooks/layer_skip.py` does for skipped attention scores.
+
+Modules inside the blocks (attention, carrying blocks) are wrapped by `Installation.wrap`, not diffusers' hooks:
+torch.compile then sees one function on every block and every install, so a compiled model is not recompiled
+per block or per prompt (a diffusers hook is a functools.partial per module, and compiles once per module).
 """
 
 import inspect
+import types
 from collections.abc import Callable
 
 import torch
@@ -31,9 +36,49 @@ class Installation:
         registry.register_hook(hook, HOOK_NAME)
         self._undo.append(lambda: registry.remove_hook(HOOK_NAME, recurse=False))
 
+    def wrap(self, module: torch.nn.Module, wrapper: Callable) -> None:
+        """Run `wrapper(module, *args, **kwargs)` as the module's forward; it calls `replaced_forward(module, ...)`
+        for the forward it replaced (the class's, or one another library set on the instance)."""
+        if guided(module):
+            raise VsfError(f"guidance is already installed on this {type(module).__name__}; leave the first "
+                           "guidance.apply block before entering another")
+        previous = module.__dict__.get("forward")
+        # The class's own forward is kept as its function, shared by every module of the class, not a bound method.
+        replaced = (type(module).forward, True) if previous is None else (previous, False)
+        module.__dict__.update({_WRAPPER: wrapper, _PREVIOUS: replaced})
+        module.forward = types.MethodType(_wrapped_forward, module)
+
+        def undo() -> None:
+            del module.__dict__[_WRAPPER], module.__dict__[_PREVIOUS]
+            if previous is None:
+                del module.forward
+            else:
+                module.forward = previous
+
+        self._undo.append(undo)
+
     def remove(self) -> None:
         while self._undo:
             self._undo.pop()()
+
+
+_WRAPPER, _PREVIOUS = "_vsf_wrapper", "_vsf_previous_forward"
+
+
+def _wrapped_forward(module: torch.nn.Module, *args, **kwargs):
+    return module.__dict__[_WRAPPER](module, *args, **kwargs)
+
+
+def replaced_forward(module: torch.nn.Module, *args, **kwargs):
+    """Call the forward a wrapper replaced."""
+    forward, unbound = module.__dict__[_PREVIOUS]
+    return forward(module, *args, **kwargs) if unbound else forward(*args, **kwargs)
+
+
+def guided(module: torch.nn.Module) -> bool:
+    """Whether guidance is installed on this module: a call hook, or a wrapped forward."""
+    registry = getattr(module, "_diffusers_hook", None)
+    return _WRAPPER in module.__dict__ or (registry is not None and registry.get_hook(HOOK_NAME) is not None)
 
 
 def denoisers(pipe, family) -> list[torch.nn.Module]:
@@ -66,11 +111,11 @@ def install(pipe, family, state, active: Callable[[object, dict], bool] | None, 
         for denoiser in denoisers(pipe, family):
             installed.hook(denoiser, _CallHook(before))
             for block in family.carrier.blocks(denoiser) if family.carrier else ():
-                installed.hook(block, _CarryHook(state, family.carrier))
+                installed.wrap(block, _Carry(state, family.carrier, block))
             if family.text_rotary is not None:
                 installed.hook(family.text_rotary(denoiser), _RotaryHook(state, family.place_text_rotary))
             for attn in family.attentions(denoiser):
-                installed.hook(attn, _AttentionHook(state, attend))
+                installed.wrap(attn, _Attention(state, attend))
     except BaseException:
         installed.remove()
         raise
@@ -109,37 +154,32 @@ def by_name(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
     return dict(list(bound.items())[1:])  # without `self`
 
 
-class _CarryHook(ModelHook):
+class _Carry:
     """Carries extra tokens beside one block's sequence: the block sees [sequence, extra], the model the sequence.
 
     `carried` holds the extra tokens' states, rotary table and key mask (see `families.Carrier`); the states after
     the block are kept for the next one.
     """
 
-    def __init__(self, state, carrier) -> None:
-        super().__init__()
+    def __init__(self, state, carrier, block: torch.nn.Module) -> None:
         self.state = state
         self.carrier = carrier
-        self.length = 0
+        # The block's parameter names, read once here: torch.compile cannot trace inspect.signature.
+        self.names = list(inspect.signature(type(block).forward).parameters)[1:]
 
-    def pre_forward(self, module, *args, **kwargs):
+    def __call__(self, module, *args, **kwargs):
         if not self.state.active:
-            return args, kwargs
+            return replaced_forward(module, *args, **kwargs)
         c, carried = self.carrier, self.state.carried
-        kwargs = by_name(module, args, kwargs)
+        kwargs = dict(zip(self.names, args)) | kwargs
         hidden, mask = kwargs[c.hidden], kwargs.get(c.mask)
-        self.length = hidden.shape[1]
-        mask = join_masks([(mask, hidden.shape[1]), (carried.mask, carried.hidden.shape[1])], hidden.shape[0],
-                          hidden.device)
+        length = hidden.shape[1]
+        mask = join_masks([(mask, length), (carried.mask, carried.hidden.shape[1])], hidden.shape[0], hidden.device)
         kwargs.update({c.hidden: torch.cat([hidden, carried.hidden.to(hidden.dtype)], dim=1), c.mask: mask,
                        c.rotary: torch.cat([kwargs[c.rotary], carried.rotary], dim=1)})
-        return (), kwargs
-
-    def post_forward(self, module, output):
-        if not self.state.active:
-            return output
-        self.state.carried.hidden = output[:, self.length:]
-        return output[:, :self.length]
+        output = replaced_forward(module, **kwargs)
+        carried.hidden = output[:, length:]
+        return output[:, :length]
 
 
 class _RotaryHook(ModelHook):
@@ -154,20 +194,19 @@ class _RotaryHook(ModelHook):
         return self.place(output, self.state.n_positive) if self.state.active else output
 
 
-class _AttentionHook(ModelHook):
+class _Attention:
     """Runs an attention module's own forward with its attention call handed to the guidance kernel."""
 
     def __init__(self, state, attend: Callable) -> None:
-        super().__init__()
         self.state = state
         self.attend = attend
 
-    def new_forward(self, module, *args, **kwargs):
+    def __call__(self, module, *args, **kwargs):
         if not self.state.active:
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return replaced_forward(module, *args, **kwargs)
         catcher = _AttentionCall(self.attend)
         with catcher:
-            out = self.fn_ref.original_forward(*args, **kwargs)
+            out = replaced_forward(module, *args, **kwargs)
         if not catcher.guided:
             raise VsfError(
                 f"{type(module).__name__} computed its attention without F.scaled_dot_product_attention, so guidance "
@@ -186,6 +225,10 @@ class _AttentionCall(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.Tensor.unflatten:
+            # The one Tensor method written in Python around a super() call, which torch.compile cannot trace from
+            # inside a mode; the function form computes the same.
+            return torch.unflatten(*args, **kwargs)
         if func is not F.scaled_dot_product_attention:
             return func(*args, **kwargs)
         query, key, value = (kwargs.pop(name) if name in kwargs else args[i]

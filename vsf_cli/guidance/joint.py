@@ -1,7 +1,7 @@
 """Joint-attention (MMDiT) plumbing shared by every method: the negative joins the text stream as a collector N0."""
 
 from collections.abc import Callable
-from types import SimpleNamespace
+from dataclasses import dataclass
 
 import torch
 
@@ -9,6 +9,15 @@ from vsf_cli.errors import UsageError
 from vsf_cli.guidance.install import Installation, encode_negatives, install
 
 JointKernel = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Carried:
+    """A carrier family's negative beside the blocks: its states (updated by each block), rotary table, key mask."""
+
+    hidden: torch.Tensor
+    rotary: torch.Tensor
+    mask: torch.Tensor | None
 
 
 class JointState:
@@ -21,7 +30,7 @@ class JointState:
         self.n_positive = 0
         self.n_text = 0  # positive + negative tokens in the joint sequence
         self.negative_mask: torch.Tensor | None = None
-        self.carried: SimpleNamespace | None = None  # a carrier family's negative: hidden, rotary, mask
+        self.carried: Carried | None = None
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                key_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,7 +111,7 @@ def install_joint(
             with torch.no_grad():
                 prepared[key] = family.carrier.prepare(getattr(pipe, family.denoisers[0]), tokens, mask, padded)
         hidden, rotary, mask = prepared[key]
-        state.carried = SimpleNamespace(hidden=hidden, rotary=rotary, mask=mask)
+        state.carried = Carried(hidden, rotary, mask)
         state.n_positive = family.carrier.positive_tokens(kwargs)
         state.n_text = state.n_positive + hidden.shape[1]
         return kwargs
