@@ -60,8 +60,9 @@ def test_bench_runs_the_flux2_klein_shape(capsys, monkeypatch, blocks, split):
     result = json.loads(capsys.readouterr().out)
     assert (result["blocks"], result["blocks_split"], result["image_tokens"], result["text_tokens"]) == (blocks, split, 16, 512)
     assert [r["method"] for r in result["rows"]] == ["none", "vsf", "nag", "cfg"]
-    # batch and text tokens per call: none, vsf (+ 8 negative), nag (+ 512 padded), cfg (two calls of one)
-    assert calls == [(1, 512), (1, 512 + 8), (1, 512 + 512), (1, 512), (1, 512)]
+    # batch and text tokens per call: none, vsf (+ 8 negative), nag (+ 512 padded), cfg (two calls of one); in the
+    # timed round, then in the memory pass
+    assert calls == [(1, 512), (1, 512 + 8), (1, 512 + 512), (1, 512), (1, 512)] * 2
     assert f"{blocks} blocks ({split})" in bench.table(result)
 
 
@@ -92,7 +93,7 @@ def test_bench_wan22_rows_side_by_side(capsys, monkeypatch):
     for row in result["rows"]:
         assert _is_ratio(row["ratio"], row["step_ms"], base)
     assert bench.table(result).splitlines()[0].startswith("wan22-a14b, 1 blocks, 64x32, 5 frames (16 video tokens, "
-                                                          "a 512-token text context, 8 negative tokens), float32 on")
+                                                          "a 512-token text context, 8 negative tokens), float32 weights (")
     assert result["attention_backend"] is None  # Wan's kernels are plain SDPA: no log-sum-exp backend to name
 
 
@@ -111,7 +112,8 @@ def test_bench_wan22_installs_and_removes_each_method(monkeypatch):
     _shrunk(monkeypatch, "wan22-ti2v-5b", **TINY_WAN)
     result = bench.run("wan22-ti2v-5b", blocks=2, size=(64, 64), frames=1, repeats=1, warmup=0,
                        methods=("none", "vsf", "nag", "cfg"))
-    assert calls == ["VSF", "VSF", "NAG", "NAG"]  # 2 blocks each, once; none and cfg run stock
+    # 2 blocks each, in the timed round and again in the memory pass; none and cfg run stock
+    assert calls == ["VSF", "VSF", "NAG", "NAG"] * 2
     assert result["image_tokens"] == 1 * 2 * 2  # a 16x VAE: one latent frame of 4x4, in 2x2 patches
 
 
@@ -187,7 +189,8 @@ def test_vsf_bench_table(monkeypatch):
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("sd35-medium, 1 blocks, 64²")
-    assert lines[2] == "| method | ms / step (median) | min–max | × none | × none, paired by round | peak MiB |"
+    assert lines[2] == ("| method | ms / step (median) | min–max | × none | × none, paired by round | step MiB | "
+                        "step MiB over none, % of weights | CUDA peak MiB |")
     assert [line.split(" | ")[0] for line in lines[4:6]] == ["| none", "| vsf"]
     assert lines[-1] == "`vsf --help` cold start: 0.5 s"
 
@@ -227,9 +230,9 @@ def test_vsf_bench_help_names_what_the_module_offers():
     result = CliRunner().invoke(app, ["bench", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for option in ("--model", "--blocks", "--size", "--frames", "--neg-tokens", "--repeats", "--warmup", "--methods",
-                   "--device", "--dtype", "--attention", "--json"):
+                   "--quantize", "--device", "--dtype", "--attention", "--json"):
         assert option in result.stdout
-    assert result.stdout.count("(default: ") == 12
+    assert result.stdout.count("(default: ") == 13
     shapes = bench.SHAPES
     layers = {m: bench.blocks_in(s.config, s) for m, s in shapes.items()}
     text = " ".join(result.stdout.replace("│", " ").split())
@@ -252,3 +255,31 @@ def _is_ratio(ratio: float, ms: float, base_ms: float) -> bool:
     """`ratio` is ms / base_ms, up to the rounding of the printed milliseconds (2 decimals) and of the ratio (3)."""
     slack = (ms / base_ms) * (0.005 / ms + 0.005 / base_ms) + 0.0005
     return abs(ratio - ms / base_ms) <= slack
+
+
+def test_step_memory_counts_what_a_call_makes_and_holds_not_its_inputs():
+    import torch
+
+    weight = torch.zeros(256, 1024)  # 1 MiB of float32, made before the call
+
+    def call():
+        view = weight.t()  # shares the weight's memory: nothing new
+        held = torch.ones(512, 1024)  # 2 MiB, held
+        brief = held * 2  # 2 MiB more, at once: the peak is 4 MiB
+        del brief
+        return (held + view.sum()).sum()  # 2 MiB while the sum is taken
+
+    assert bench.step_mib(call) == pytest.approx(4.0, abs=0.01)
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int8-quanto", "gguf"])
+def test_quantized_weights_are_smaller_and_guidance_adds_little_memory(monkeypatch, quantize):
+    _shrunk(monkeypatch, "sd35-medium", num_attention_heads=2, attention_head_dim=64, joint_attention_dim=64,
+            caption_projection_dim=128, pooled_projection_dim=32, pos_embed_max_size=16)
+    common = dict(blocks=2, size=(64, 64), repeats=1, warmup=0, methods=("none", "vsf", "nag", "cfg"))
+    plain, quantized = bench.run("sd35-medium", **common), bench.run("sd35-medium", quantize=quantize, **common)
+    assert quantized["quantize"] == quantize and quantized["weights_mib"] < 0.6 * plain["weights_mib"]
+    rows = {row["method"]: row for row in quantized["rows"]}
+    assert rows["none"]["over_none_pct"] == 0 and all(row["step_mib"] > 0 for row in rows.values())
+    assert rows["cfg"]["step_mib"] > rows["vsf"]["step_mib"] >= rows["none"]["step_mib"]  # CFG doubles the batch
+    assert f"{quantize} weights computing in float32" in bench.table(quantized)

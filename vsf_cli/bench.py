@@ -1,6 +1,7 @@
 """Per-step cost of each guidance method on random-weight transformers at real model shapes, measured side by side."""
 
 import dataclasses
+import importlib.util
 import json
 import math
 import platform
@@ -13,6 +14,9 @@ from functools import partial
 from types import SimpleNamespace
 
 METHODS = ("none", "vsf", "vsf-dense", "vsf-compat", "nag", "nasa", "cfg")
+# Weights as loaded: as built, --quantize's int8 choices through diffusers' configs, or a Q8_0 GGUF file written from
+# the random weights and read back with from_single_file.
+QUANTIZE = ("none", "int8", "int8-quanto", "gguf")
 SINGLE = ("none", "vsf", "nag", "nasa", "cfg")  # no dense-mask step, and compat=reference is SD3's (and FLUX.2's)
 VIDEO_SIZE, VIDEO_FRAMES, MAX_FRAMES, MAX_VIDEO_SIDE = (832, 480), 81, 201, 4096
 WAN_PROMPT_TOKENS = 100  # a Wan prompt's share of its 512-token context; the rest is the pipeline's zero padding
@@ -159,6 +163,87 @@ def _reduced(shape: Shape, blocks: int | None) -> dict:
     return {**config, key: blocks}
 
 
+def _quantized(transformer, shape: Shape, value: str, dtype, device: str):
+    """The transformer saved and loaded again through diffusers' quantization, as `--quantize` loads a model."""
+    import tempfile
+
+    import diffusers
+
+    from vsf_cli.models import quantize
+    from vsf_cli.models.loading import quiet_libraries
+
+    model_class = getattr(diffusers, shape.transformer)
+    with tempfile.TemporaryDirectory() as folder, quiet_libraries():
+        if value == "gguf":
+            transformer.save_config(folder)
+            path = quantize.write_gguf(transformer, f"{folder}/transformer.gguf")
+            loaded = model_class.from_single_file(
+                path, config=folder, dtype=dtype, local_files_only=True,
+                quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=dtype))
+        else:
+            transformer.save_pretrained(folder)
+            loaded = model_class.from_pretrained(folder, dtype=dtype,
+                                                 quantization_config=quantize.configs(value, dtype)[0])
+    return loaded.to(device).eval()
+
+
+def weights_mib(module) -> float:
+    """The bytes a model's weights take, quantized ones as stored (a quantized tensor's parts, counted once)."""
+    seen: dict[int, int] = {}
+
+    def count(t) -> None:
+        if hasattr(t, "__tensor_flatten__"):  # torchao's and quanto's tensors hold their data in inner tensors
+            for name in t.__tensor_flatten__()[0]:
+                count(getattr(t, name))
+            return
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+
+    for t in [*module.parameters(), *module.buffers()]:
+        count(t)
+    return sum(seen.values()) / 2**20
+
+
+def step_mib(call) -> float:
+    """The peak of the tensors one call makes and holds at once (activations and temporaries, not the weights),
+    counted op by op: the same measure on every device, where CUDA's allocator statistics exist only on CUDA."""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class Live(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live = self.peak = 0
+            self.held: set[int] = set()
+
+        def free(self, key: int, size: int) -> None:
+            self.held.discard(key)
+            self.live -= size
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            # A view or an in-place result shares an input's memory (a weight's transpose): nothing new.
+            inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs))
+                      if type(t) in (torch.Tensor, torch.nn.Parameter)}
+            for t in tree_leaves(out):
+                if type(t) is torch.Tensor and t.device.type != "meta":
+                    storage = t.untyped_storage()
+                    key = id(storage)
+                    if key not in self.held and key not in inputs:
+                        self.held.add(key)
+                        self.live += storage.nbytes()
+                        self.peak = max(self.peak, self.live)
+                        weakref.finalize(storage, self.free, key, storage.nbytes())
+            return out
+
+    with Live() as live:
+        call()
+    return live.peak / 2**20
+
+
 def _kernel_method(method: str):
     """The guidance method a bench row names, at its defaults."""
     from vsf_cli import guidance
@@ -168,10 +253,11 @@ def _kernel_method(method: str):
 
 def run(model: str = "sd35-large", *, blocks: int | None = None, size: tuple[int, int] = (1024, 1024),
         frames: int | None = None, neg_tokens: int = 8, steps: int = 8, repeats: int = 5, warmup: int = 1,
-        methods=METHODS, device: str = "auto", dtype: str = "auto") -> dict:
-    """Time one transformer step per method (median over interleaved repeats) and report ratios to `none`.
+        methods=METHODS, device: str = "auto", dtype: str = "auto", quantize: str = "none") -> dict:
+    """Time one transformer step per method (median over interleaved repeats) and report ratios to `none`, with
+    the memory each step makes beside the weights'.
 
-    `size` is (width, height); `frames` (video shapes only) the clip length, 4k+1.
+    `size` is (width, height); `frames` (video shapes only) the clip length, 4k+1; `quantize` one of QUANTIZE.
     """
     import diffusers
     import torch
@@ -179,8 +265,9 @@ def run(model: str = "sd35-large", *, blocks: int | None = None, size: tuple[int
     from vsf_cli.guidance.joint import install_joint
     from vsf_cli.guidance.oracle import vsf_joint_dense
     from vsf_cli.models import families
-    from vsf_cli.models.loading import quiet_libraries, resolve_device, resolve_dtype
+    from vsf_cli.models.loading import quiet_imports, quiet_libraries, resolve_device, resolve_dtype
 
+    quiet_imports()
     shape = SHAPES[model]
     device = resolve_device(device)
     torch_dtype = getattr(torch, resolve_dtype(dtype, device))
@@ -190,6 +277,8 @@ def run(model: str = "sd35-large", *, blocks: int | None = None, size: tuple[int
     # `.to(dtype)` on a model diffusers built would log "modules that should be kept in float32: []": there are none.
     with quiet_libraries():
         transformer = getattr(diffusers, shape.transformer)(**config).to(device, torch_dtype).eval()
+    if quantize != "none":
+        transformer = _quantized(transformer, shape, quantize, torch_dtype, device)
     gen = torch.Generator().manual_seed(0)
 
     def randn(*dims):
@@ -249,7 +338,14 @@ def run(model: str = "sd35-large", *, blocks: int | None = None, size: tuple[int
                     peak[method] = torch.cuda.max_memory_allocated() / 2**20
                 if hasattr(call, "installed"):
                     call.installed.remove()
+        made = {}
+        for method in methods:  # untimed: counting slows every op
+            call = step(method)
+            made[method] = step_mib(call)
+            if hasattr(call, "installed"):
+                call.installed.remove()
     base = statistics.median(times["none"]) if "none" in times else None
+    weights = weights_mib(transformer)
     rows = []
     for method in methods:
         median = statistics.median(times[method])
@@ -261,6 +357,10 @@ def run(model: str = "sd35-large", *, blocks: int | None = None, size: tuple[int
                      "image_s": round(steps * median, 3),
                      "ratio": round(median / base, 3) if base else None,
                      "paired_ratio": round(statistics.median(paired), 3) if paired else None,
+                     "step_mib": round(made[method], 1),
+                     # what the step makes beyond the unguided step's, as a share of the weights
+                     "over_none_pct": (round(100 * (made[method] - made["none"]) / weights, 3)
+                                       if "none" in made and weights else None),
                      "peak_mib": round(peak[method], 1) if method in peak else None})
     from vsf_cli.guidance.attention import attention_lse
 
@@ -276,7 +376,8 @@ def run(model: str = "sd35-large", *, blocks: int | None = None, size: tuple[int
     return {
         "model": model, "blocks": blocks_in(config, shape), **split, **layout, "text_tokens": n_text,
         "negative_tokens": neg_tokens, "steps": steps, "repeats": repeats, "device": _device_name(device),
-        "dtype": str(torch_dtype).removeprefix("torch."),
+        "dtype": str(torch_dtype).removeprefix("torch."), "quantize": quantize,
+        "weights_mib": round(weights, 1),
         # Wan's kernels are plain SDPA calls, which name no backend; the joint ones use attention_lse.
         "attention_backend": None if family.attention == "cross" else getattr(attention_lse, "backend", None),
         "versions": _versions(), "rows": rows,
@@ -397,13 +498,17 @@ def table(result: dict) -> str:
                  f"{result['negative_tokens']} negative tokens)")
     backend = f", attention with lse: {result['attention_backend']}" if result["attention_backend"] else ""
     split = f" ({result['blocks_split']})" if "blocks_split" in result else ""
-    lines = [f"{result['model']}, {result['blocks']} blocks{split}, {shape}, {result['dtype']} on {result['device']}"
-             f"{backend}; " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
-             "", "| method | ms / step (median) | min–max | × none | × none, paired by round | peak MiB |",
-             "|---|---|---|---|---|---|"]
+    weights = result.get("quantize", "none")
+    weights = f"{result['dtype']} weights" if weights == "none" else f"{weights} weights computing in {result['dtype']}"
+    lines = [f"{result['model']}, {result['blocks']} blocks{split}, {shape}, {weights} ({result['weights_mib']} MiB) "
+             f"on {result['device']}{backend}; " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+             "", "| method | ms / step (median) | min–max | × none | × none, paired by round | step MiB | "
+             "step MiB over none, % of weights | CUDA peak MiB |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
+        over = "—" if row["over_none_pct"] is None else f"{row['over_none_pct']:.2f}"
         lines.append(f"| {row['method']} | {row['step_ms']} | {row['spread_ms'][0]}–{row['spread_ms'][1]} | "
-                     f"{row['ratio']} | {row['paired_ratio']} | "
+                     f"{row['ratio']} | {row['paired_ratio']} | {row['step_mib']} | {over} | "
                      f"{row['peak_mib'] if row['peak_mib'] is not None else '—'} |")
     return "\n".join(lines)
 
@@ -415,7 +520,8 @@ MAX_WARMUP = 100
 
 
 def check_options(model: str, blocks: int | None, size: str | int | None, neg_tokens: int, repeats: int,
-                  warmup: int, methods: str | None, frames: int | None = None) -> tuple[tuple[str, ...], tuple, int]:
+                  warmup: int, methods: str | None, frames: int | None = None,
+                  quantize: str = "none") -> tuple[tuple[str, ...], tuple, int]:
     """Refuse out-of-range options with one line before anything heavy is imported.
 
     Returns the method tuple (None: all the shape takes), (width, height) from `size` ("N" or "WxH"; None: 1024²,
@@ -446,6 +552,11 @@ def check_options(model: str, blocks: int | None, size: str | int | None, neg_to
         raise UsageError(f"--repeats {repeats}: 1 to {MAX_REPEATS}")
     if not 0 <= warmup <= MAX_WARMUP:
         raise UsageError(f"--warmup {warmup}: 0 to {MAX_WARMUP}")
+    if quantize not in QUANTIZE:
+        raise UsageError(f"--quantize {quantize!r}: one of {', '.join(QUANTIZE)}")
+    needs = {"int8": "torchao", "int8-quanto": "optimum.quanto", "gguf": "gguf"}.get(quantize)
+    if needs and importlib.util.find_spec(needs) is None:
+        raise UsageError(f"--quantize {quantize} needs {needs}: pip install {needs.replace('optimum.', 'optimum-')}")
     if methods is None:
         return shape.methods, sides, frames
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
@@ -470,11 +581,12 @@ def _sides(size: str | int | None, default: tuple[int, int]) -> tuple[int, int] 
 
 def benchmark(model: str = "sd35-large", *, blocks: int | None = None, size: str | int | None = None,
               frames: int | None = None, neg_tokens: int = 8, repeats: int = 5, warmup: int = 1,
-              methods: str | None = None, device: str = "auto", dtype: str = "auto", attention: bool = False) -> dict:
+              methods: str | None = None, device: str = "auto", dtype: str = "auto", attention: bool = False,
+              quantize: str = "none") -> dict:
     """The whole benchmark behind both command lines: per-step rows, the cold start and, optionally, single calls."""
-    chosen, sides, frames = check_options(model, blocks, size, neg_tokens, repeats, warmup, methods, frames)
+    chosen, sides, frames = check_options(model, blocks, size, neg_tokens, repeats, warmup, methods, frames, quantize)
     result = run(model, blocks=blocks, size=sides, frames=frames, neg_tokens=neg_tokens, repeats=repeats,
-                 warmup=warmup, methods=chosen, device=device, dtype=dtype)
+                 warmup=warmup, methods=chosen, device=device, dtype=dtype, quantize=quantize)
     result["cold_start_help_s"] = cold_start()
     if attention:
         result["attention_only"] = attention_only(device=device, dtype=dtype)
@@ -507,6 +619,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1, help=f"untimed rounds first, 0-{MAX_WARMUP}")
     parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all the "
                         "model takes)")
+    parser.add_argument("--quantize", default="none", choices=QUANTIZE,
+                        help="weights as built, torchao or quanto int8, or a Q8_0 GGUF file written from them")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--attention", action="store_true",
@@ -516,7 +630,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = benchmark(args.model, blocks=args.blocks, size=args.size, frames=args.frames,
                            neg_tokens=args.neg_tokens, repeats=args.repeats, warmup=args.warmup, methods=args.methods,
-                           device=args.device, dtype=args.dtype, attention=args.attention)
+                           device=args.device, dtype=args.dtype, attention=args.attention, quantize=args.quantize)
     except UsageError as e:
         parser.error(str(e))
     print(json.dumps(result) if args.json else report(result))

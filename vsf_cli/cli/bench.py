@@ -21,6 +21,7 @@ def bench_command(
     repeats: int = typer.Option(5, "--repeats", show_default=False, help="Timed rounds per method, 1 to 1000; the median is reported. (default: 5)"),
     warmup: int = typer.Option(1, "--warmup", show_default=False, help="Untimed rounds before them, 0 to 100. (default: 1)"),
     methods: str = typer.Option(None, "--methods", show_default=False, help=f"Comma-separated subset of {_METHODS}; vsf-dense and vsf-compat are for sd35-*, flux2-klein-4b only. (default: all the model takes)"),
+    quantize: str = typer.Option("none", "--quantize", show_default=False, help="Weights: none (as built), int8 (torchao), int8-quanto, or gguf (a Q8_0 GGUF file written from them), each loaded as --quantize loads a model. (default: none)"),
     device: str = typer.Option("auto", "--device", show_default=False, help="auto, cpu, cuda, cuda:N or mps; auto picks cuda > mps > cpu. (default: auto)"),
     dtype: str = typer.Option("auto", "--dtype", show_default=False, help="auto, float32, bfloat16 or float16; auto is bfloat16 on CUDA, else float32. (default: auto)"),
     attention: bool = typer.Option(False, "--attention", show_default=False, help="Also time one attention call at full SD3.5 Large (joint) and Wan 1.3B (cross) shapes. (default: off)"),
@@ -31,5 +32,6 @@ def bench_command(
         from vsf_cli import bench
 
         result = bench.benchmark(model, blocks=blocks, size=size, frames=frames, neg_tokens=neg_tokens, repeats=repeats,
-                                 warmup=warmup, methods=methods, device=device, dtype=dtype, attention=attention)
+                                 warmup=warmup, methods=methods, device=device, dtype=dtype, attention=attention,
+                                 quantize=quantize)
         typer.echo(json.dumps(result) if as_json else bench.report(result))
