@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import load
-from oracles import DenseVSF, generate, hooks_left, naive_contrast, run_with_oracle
+from oracles import DenseVSF, generate, hooks_left, naive_contrast, oracle_run, run_with_oracle, unpadded_negative
 from vsf_cli import guidance
 from vsf_cli.errors import UsageError
 from vsf_cli.guidance.attention import attention_lse, small_attention_lse, vsf_joint
@@ -136,36 +136,12 @@ def test_dense_mask_equals_the_table_cell_by_cell():
 
 
 @torch.no_grad()
-def unpadded_negative(pipe, text):
-    """docs/method.md §2.1 written out with the pipeline's own tokenizers and encoders, sharing no code with vsf_cli:
-    CLIP-L and CLIP-G penultimate states of BOS..EOS (no padding), joined on channels, zero-padded to the joint
-    width, then the T5 tokens with EOS (no padding)."""
-    clip = []
-    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-        ids = tokenizer(text, return_tensors="pt").input_ids  # no padding unless asked for
-        assert ids[0, 0] == tokenizer.bos_token_id and ids[0, -1] == tokenizer.eos_token_id
-        clip.append(encoder(ids, output_hidden_states=True).hidden_states[-2])
-    clip = torch.cat(clip, dim=-1)
-    width = pipe.transformer.config.joint_attention_dim
-    clip = torch.cat([clip, clip.new_zeros(1, clip.shape[1], width - clip.shape[2])], dim=-1)
-    ids = pipe.tokenizer_3(text, return_tensors="pt").input_ids
-    assert ids[0, -1] == pipe.tokenizer_3.eos_token_id
-    return torch.cat([clip, pipe.text_encoder_3(ids).last_hidden_state], dim=1)
-
-
 def test_unpadded_negative_is_encoded_as_documented(sd3):
     from vsf_cli.models.families.sd3 import encode_negative
 
     for text in ("wheels", "a long negative prompt"):
         ours, doc = encode_negative(sd3, text), unpadded_negative(sd3, text)
         assert ours.shape == doc.shape and torch.allclose(ours, doc, atol=1e-6), text
-
-
-def oracle_run(pipe, negative, scale, offset, layout="paper", **call):
-    """The dense oracle on `pipe`, sharing no code with vsf_cli: its own negative encoding and a dense mask."""
-    neg = unpadded_negative(pipe, negative)
-    processor = DenseVSF(77 + 256, neg.shape[1], scale, offset, layout)
-    return run_with_oracle(pipe, processor, [neg] * (1 if layout == "paper" else 2), **call)
 
 
 @pytest.mark.parametrize("fixture", ["sd3", "sd3_dual"])

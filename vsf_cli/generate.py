@@ -9,7 +9,8 @@ import numpy as np
 
 from vsf_cli.errors import VsfError
 
-LOAD_KEYS = ("model", "dtype", "device", "offload", "lora")  # settings that need a fresh model load
+# Settings that need a fresh model load.
+LOAD_KEYS = ("model", "dtype", "device", "offload", "lora", "quantize", "compile")
 
 
 class Renderer:
@@ -28,7 +29,8 @@ class Renderer:
         spec = resolve(settings["model"])
         with library_warnings(warn):
             self.pipe = load_pipeline(spec, dtype=settings["dtype"], device=settings["device"],
-                                      offload=settings["offload"], loras=settings["lora"], offline=offline, warn=warn)
+                                      offload=settings["offload"], loras=settings["lora"], offline=offline,
+                                      quantize=settings["quantize"], compile=settings["compile"], warn=warn)
         self.family = families.get(spec.family)
         self.task = spec.task
         device = resolve_device(settings["device"])
@@ -88,7 +90,7 @@ class Renderer:
         import torch
 
         from vsf_cli import __version__, guidance, negatives
-        from vsf_cli.models import limits
+        from vsf_cli.models import compiling, limits
         from vsf_cli.models.loading import library_warnings
         from vsf_cli.render.metadata import save_png
 
@@ -115,12 +117,15 @@ class Renderer:
             with guidance.apply(pipe, settings["method"], negative=negatives.for_call(settings["negative"]),
                                 max_sequence_length=settings["max_sequence_length"], **params) as extra, \
                     library_warnings(self.warn):
-                result = pipe(
-                    prompt=settings["prompt"], num_inference_steps=settings["steps"], width=settings["width"],
-                    height=settings["height"], max_sequence_length=settings["max_sequence_length"],
-                    generator=torch.Generator("cpu").manual_seed(settings["seed"]), callback_on_step_end=step_done,
-                    **inputs, **{**self._guidance_arguments(settings, denoiser), **extra},
-                )
+                def call():
+                    return pipe(
+                        prompt=settings["prompt"], num_inference_steps=settings["steps"], width=settings["width"],
+                        height=settings["height"], max_sequence_length=settings["max_sequence_length"],
+                        generator=torch.Generator("cpu").manual_seed(settings["seed"]), callback_on_step_end=step_done,
+                        **inputs, **{**self._guidance_arguments(settings, denoiser), **extra},
+                    )
+
+                result = compiling.run(call, self.pipe, self.family, self.warn) if settings["compile"] else call()
             output = result.frames[0] if self.family.video else result.images[0]
         if not np.isfinite(output).all():
             raise VsfError(

@@ -20,7 +20,8 @@ GUIDANCE_MAX = 30.0  # the pipeline's guidance_scale; far beyond any model's use
 # Method parameters that GenSettings carries, declared once each by the method that takes it (vsf_cli.guidance).
 METHOD_SETTINGS = tuple(knobs())
 # Settings a `VSF_<NAME>` environment variable may set (precedence: above files and jobs, below flags).
-ENV_SETTINGS = ("model", "method", "scale", "offset", "compat", "steps", "guidance_scale", "dtype", "device", "offload")
+ENV_SETTINGS = ("model", "method", "scale", "offset", "compat", "steps", "guidance_scale", "dtype", "device", "offload",
+                "quantize", "compile")
 MODEL_DEFAULTS = ("steps", "width", "height", "scale", "offset", "guidance_scale", "max_sequence_length",
                   "frames", "fps", "trim_start")
 VIDEO_SETTINGS = ("frames", "fps", "trim_start", "vae_tiling")
@@ -67,6 +68,8 @@ class GenSettings(_Guided):
     dtype: str = "auto"
     device: str = "auto"
     offload: Offload = "none"
+    quantize: str = "none"  # a name in vsf_cli.models.quantize.CHOICES, or a .gguf transformer file
+    compile: bool = False
 
 
 FIELDS = tuple(GenSettings.model_fields)
@@ -135,6 +138,11 @@ def resolve(*layers: dict, warn: Callable[[str], None] = lambda message: None, v
     _check_video(settings, family, spec, warn)
     for source in settings["lora"]:
         check_lora(source, family)
+    if settings["quantize"] != "none":
+        from vsf_cli.models.loading import resolve_device
+        from vsf_cli.models.quantize import check as check_quantize
+
+        check_quantize(settings["quantize"], spec, resolve_device(settings["device"]))
     limits.check_before_load(settings, family, spec.source)
     method = settings["method"]
     if method == "cfg" and family.cfg_refused:

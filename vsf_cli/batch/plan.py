@@ -16,8 +16,10 @@ from vsf_cli.batch.spec import BatchFile, Job
 from vsf_cli.errors import UsageError
 
 _VAR = re.compile(r"\{(\w+)\}")
-# Placement does not change what an image is, so it stays out of the job id (ranks differ in device).
-_NOT_IN_ID = ("device", "offload")
+# Placement and compilation do not change what an image is, so they stay out of the job id (ranks differ in device).
+_NOT_IN_ID = ("device", "offload", "compile")
+# Settings added after 0.1 stay out of the id at their default, so the ids of earlier manifests still resume.
+_LATER = {"quantize": "none"}
 MAX_JOBS = 100_000  # the default of --max-jobs: a bigger file is refused before it is expanded
 
 
@@ -34,7 +36,8 @@ class PlannedJob:
 
 def job_id(settings: dict) -> str:
     """A short hash of the canonical settings (seed included): the same job gets the same id on every run."""
-    canonical = json.dumps({k: v for k, v in sorted(settings.items()) if k not in _NOT_IN_ID}, sort_keys=True)
+    canonical = json.dumps({k: v for k, v in sorted(settings.items())
+                            if k not in _NOT_IN_ID and (k not in _LATER or v != _LATER[k])}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

@@ -25,6 +25,9 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Negative prompts that work on few-step image and video models (Value Sign Flip)."""
+    from vsf_cli.models.loading import quiet_imports
+
+    quiet_imports()
 
 
 from vsf_cli.cli import batch, bench, env, eval, gen, info, models, presets, report, ui, video  # noqa: E402  (each registers its command on `app`)

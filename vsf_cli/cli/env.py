@@ -13,7 +13,8 @@ from vsf_cli import __version__
 from vsf_cli.cli import app
 from vsf_cli.cli.common import errors_to_exit_codes
 
-_PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "peft", "huggingface_hub")
+_PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "peft", "huggingface_hub", "torchao", "optimum-quanto",
+             "gguf", "bitsandbytes")  # the last four: --quantize
 
 
 @app.command("env")

@@ -22,6 +22,9 @@ _WRITTEN: dict[str, tuple[type, str]] = {
     "dtype": (str, "float16, bfloat16 or float32. (default: auto: bfloat16 on GPU, float32 on CPU)"),
     "offload": (str, "none, model (whole models move to the GPU in turn) or sequential (layer by layer, least "
                 "memory). (default: none)"),
+    "quantize": (str, None),  # its help is the choices' own (vsf_cli.models.quantize.HELP)
+    "compile": (bool, "torch.compile each transformer block: the first image is slow, the rest faster; eager if "
+                "compiling fails. (default: off)"),
 }
 # `vsf batch --neg`: flags are the top layer, over every job's own negative (its {variables} are still filled in).
 EVERY_JOB_NEG = "Replaces every job's negative (flags override the file)."
@@ -46,7 +49,10 @@ def flags(model: str, *, exclude: tuple[str, ...] = (), every_job: bool = False)
     width, height = (_model_value(model, side) for side in ("width", "height"))
     out["size"] = (str, f"{_WRITTEN['size'][1]} (default: the model's; {width}x{height} for {model})")
     out["guidance_scale"] = (float, describe("guidance_scale", GenSettings.model_fields["guidance_scale"], model))
-    out.update({name: _WRITTEN[name] for name in ("lora", "device", "dtype", "offload")})
+    from vsf_cli.models.quantize import HELP
+
+    out.update({name: _WRITTEN[name] for name in ("lora", "device", "dtype", "offload", "compile")})
+    out["quantize"] = (str, HELP)
     return {name: value for name, value in out.items() if name not in exclude}
 
 
@@ -103,6 +109,11 @@ def flag(name: str) -> str:
     return f"--{name.replace('_', '-')}"
 
 
+def _spelling(name: str, kind: type) -> str:
+    """`--dtype`; a switch both ways, `--compile/--no-compile`, so a flag can turn off what a file turned on."""
+    return f"{flag(name)}/--no-{name.replace('_', '-')}" if kind is bool else flag(name)
+
+
 def add_flags(model: str, *, after: str, exclude: tuple[str, ...] = (), every_job: bool = False):
     """Give a command the shared flags, after its parameter `after`; their values arrive in its `**options`.
 
@@ -115,7 +126,7 @@ def add_flags(model: str, *, after: str, exclude: tuple[str, ...] = (), every_jo
         if params[-1].kind is not inspect.Parameter.VAR_KEYWORD:
             raise TypeError(f"{command.__name__} needs a **options parameter for the shared flags")
         added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=kind,
-                                   default=typer.Option(None, flag(name), help=text))
+                                   default=typer.Option(None, _spelling(name, kind), help=text))
                  for name, (kind, text) in flags(model, exclude=exclude, every_job=every_job).items()]
         clash = {p.name for p in params} & {p.name for p in added}
         if clash:

@@ -9,7 +9,7 @@ from vsf_cli.errors import UsageError
 from vsf_cli.models.registry import DEFAULT_MODEL
 
 INSTALL = 'pip install "vsf-cli[ui]"'
-_HELP = o.flags(DEFAULT_MODEL)  # --device, --dtype and --offload say what `vsf gen` says
+_HELP = o.flags(DEFAULT_MODEL)  # the load flags say what `vsf gen` says
 
 
 @app.command("ui")
@@ -20,6 +20,8 @@ def ui(
     device: str = typer.Option(None, "--device", help=_HELP["device"][1]),
     dtype: str = typer.Option(None, "--dtype", help=_HELP["dtype"][1]),
     offload: str = typer.Option(None, "--offload", help=_HELP["offload"][1]),
+    quantize: str = typer.Option(None, "--quantize", help=_HELP["quantize"][1]),
+    compile: bool = typer.Option(None, "--compile/--no-compile", help=_HELP["compile"][1]),
     offline: bool = typer.Option(False, "--offline", help="Use only the local hub cache; never touch the network."),
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback on errors."),
 ) -> None:
@@ -36,7 +38,8 @@ def ui(
         from vsf_cli.ui.session import Session
 
         console.print(f"loading {model}")
-        load = {k: v for k, v in {"device": device, "dtype": dtype, "offload": offload}.items() if v is not None}
+        given = {"device": device, "dtype": dtype, "offload": offload, "quantize": quantize, "compile": compile}
+        load = {k: v for k, v in given.items() if v is not None}
         session = Session(model, offline=offline, load=load)
         page = build(session, model)
         console.print(f"serving on http://{host}:{port} (Ctrl-C stops)")

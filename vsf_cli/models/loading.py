@@ -15,13 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from vsf_cli.errors import GatedModelError, OfflineError, UsageError, VsfError
-from vsf_cli.models import families
+from vsf_cli.models import compiling, families
+from vsf_cli.models import quantize as quantization
 from vsf_cli.models.registry import ModelSpec, looks_like_hub_id
 
 DTYPES = ("float16", "bfloat16", "float32")
 OFFLOADS = ("none", "model", "sequential")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 LORA_DEFAULT_FILE = "pytorch_lora_weights.safetensors"
+
+
+# Loggers that speak when torchao is installed and diffusers imports it, on every command: CUDA kernels a CPU build
+# lacks, and torch deprecating what torchao registers. Nothing a user can act on; errors still show.
+_IMPORT_CHATTER = ("torchao", "torch.utils._pytree")
+
+
+def quiet_imports() -> None:
+    """Keep the libraries' import-time notes (see _IMPORT_CHATTER) out of the output, for the whole process."""
+    for name in _IMPORT_CHATTER:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def set_offline(offline: bool) -> None:
@@ -133,9 +145,13 @@ def load_pipeline(
     offload: str = "none",
     loras: Sequence[str] = (),
     offline: bool = False,
+    quantize: str = "none",
+    compile: bool = False,
     warn: Callable[[str], None] = lambda message: None,
 ) -> Any:
-    """Load the family's stock diffusers pipeline (safetensors only), add LoRAs, and place it on the device."""
+    """Load the family's stock diffusers pipeline (safetensors only), quantized if asked, add LoRAs, place it on the
+    device, and compile its blocks if asked."""
+    quiet_imports()
     if offload not in OFFLOADS:
         raise UsageError(f"bad --offload {offload!r}; use {', '.join(OFFLOADS)}")
     if dtype != "auto" and dtype not in DTYPES:
@@ -159,12 +175,28 @@ def load_pipeline(
     if torch_dtype == torch.float16 and torch.device(device).type == "cpu":
         warn("float16 on the CPU is slow and some operations may fail; --dtype float32 (the default there) "
              "or bfloat16 is safer")
+    quantization.check(quantize, spec, device)
 
-    with quiet_libraries():
+    with quiet_libraries(), warnings.catch_warnings():
+        # diffusers marks its optimum-quanto config deprecated; --quantize int8-quanto is what the user asked for.
+        warnings.filterwarnings("ignore", message=".*Quanto.* is deprecated", category=FutureWarning)
         pipeline_class = family.pipeline_class(spec.task)
+        parts: dict[str, Any] = {}
+        if quantization.is_gguf(quantize):
+            try:
+                parts["transformer"] = quantization.gguf_transformer(quantize, pipeline_class, spec.source,
+                                                                     torch_dtype, offline=offline)
+            except Exception as e:
+                mapped = hub_error(e, quantization.gguf_repo(quantize) or spec.source, offline=offline)
+                if mapped is None:
+                    raise
+                raise mapped from e
         try:
+            if quantize != "none" and not quantization.is_gguf(quantize):
+                parts["quantization_config"] = quantization.pipeline_config(quantize, pipeline_class, family,
+                                                                            torch_dtype)
             pipe = pipeline_class.from_pretrained(
-                spec.source, dtype=torch_dtype, use_safetensors=True, local_files_only=offline,
+                spec.source, dtype=torch_dtype, use_safetensors=True, local_files_only=offline, **parts,
             )
         except Exception as e:
             mapped = hub_error(e, spec.source, gated=spec.gated, offline=offline)
@@ -183,6 +215,8 @@ def load_pipeline(
         if parsed:
             add_loras(pipe, family, parsed, offline=offline)
     place(pipe, device, offload)
+    if compile:
+        compiling.compile_pipeline(pipe, family)
     return pipe
 
 

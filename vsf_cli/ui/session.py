@@ -17,7 +17,7 @@ from vsf_cli.errors import UsageError
 
 MAX_SEEDS = 8  # columns of the grid
 MAX_SWEEP = 8  # rows of the method
-LOAD_FLAGS = ("device", "dtype", "offload")  # how `vsf ui` loads the model; the page cannot change them
+LOAD_FLAGS = ("device", "dtype", "offload", "quantize", "compile")  # how `vsf ui` loads the model; the page cannot change them
 
 
 @dataclass
@@ -216,7 +216,7 @@ def command_line(settings: dict, seeds: list[int], ending: str) -> str:
     if video:
         args += ["--frames", str(settings["frames"])]
     args += [part for name in LOAD_FLAGS if settings[name] != GenSettings.model_fields[name].default
-             for part in (flag(name), settings[name])]
+             for part in ((flag(name),) if settings[name] is True else (flag(name), settings[name]))]
     for seed in seeds:
         args += ["--seed", str(seed)]
     return shlex.join([*args, "-o", f"out/{{slug}}_{{seed}}_{ending}"])
