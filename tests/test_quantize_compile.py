@@ -237,3 +237,26 @@ def test_the_job_id_of_a_default_job_is_unchanged_by_the_new_settings():
     same = job_id({**settings, "quantize": "none", "compile": True})
     assert job_id(settings) == same
     assert job_id({**settings, "quantize": "int8"}) != same
+
+
+def test_a_hub_gguf_that_is_not_there_is_one_line_naming_its_repo(sd3_dir, monkeypatch, tmp_path):
+    """The GGUF download's own hub error, mapped as a model's is, naming the GGUF's repo, not the model's."""
+    import diffusers
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.utils import httpx
+
+    asked = []
+
+    def missing(location, **kw):
+        asked.append(location)
+        request = httpx.Request("GET", "https://huggingface.co/api/models/someone/ggufs")
+        raise RepositoryNotFoundError("404 Client Error. Repository Not Found",
+                                      response=httpx.Response(404, request=request))
+
+    monkeypatch.setattr(diffusers.SD3Transformer2DModel, "from_single_file", missing)
+    done = runner.invoke(app, ["gen", "a bike", "--model", str(sd3_dir), "--size", "32", "--steps", "1",
+                               "--quantize", "someone/ggufs/sd3-Q4_K_S.gguf", "-o", str(tmp_path / "x.png")])
+    assert asked == ["https://huggingface.co/someone/ggufs/blob/main/sd3-Q4_K_S.gguf"]
+    assert done.exit_code == 2, done.output
+    assert "someone/ggufs was not found on the hub" in done.output and "Traceback" not in done.output
+    assert not (tmp_path / "x.png").exists()
