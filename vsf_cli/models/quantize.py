@@ -23,17 +23,15 @@ class Choice:
     backend: str  # the module it needs
     pip: str  # what installs it
     devices: tuple[str, ...]  # device types it runs on
-    about: str
+    about: str  # backend and devices, as --help gives them
     capability: tuple[int, int] | None = None  # least CUDA compute capability
 
 
 CHOICES = {c.name: c for c in (
-    Choice("int8", "torchao", "torchao", ("cpu", "cuda"), "torchao int8 weight-only (CPU, CUDA)"),
-    Choice("int8-quanto", "optimum.quanto", "optimum-quanto", ("cpu", "cuda", "mps"),
-           "optimum-quanto int8 weights (CPU, CUDA, MPS)"),
-    Choice("fp8", "torchao", "torchao", ("cuda",), "torchao float8 weight-only (CUDA, compute capability 8.9+)",
-           capability=(8, 9)),
-    Choice("nf4", "bitsandbytes", "bitsandbytes", ("cuda",), "bitsandbytes 4-bit NormalFloat (CUDA)"),
+    Choice("int8", "torchao", "torchao", ("cpu", "cuda"), "torchao; CPU, CUDA"),
+    Choice("int8-quanto", "optimum.quanto", "optimum-quanto", ("cpu", "cuda", "mps"), "optimum-quanto; CPU, CUDA, MPS"),
+    Choice("fp8", "torchao", "torchao", ("cuda",), "torchao; CUDA 8.9+", capability=(8, 9)),
+    Choice("nf4", "bitsandbytes", "bitsandbytes", ("cuda",), "bitsandbytes; CUDA"),
 )}
 HELP = ("Quantize the transformer(s) and text encoders: none, " + ", ".join(f"{c.name} ({c.about})" for c in
         CHOICES.values()) + "; or a GGUF transformer, PATH.gguf or ORG/NAME/FILE.gguf. (default: none)")
