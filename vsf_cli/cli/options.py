@@ -22,7 +22,6 @@ _WRITTEN: dict[str, tuple[type, str]] = {
     "dtype": (str, "float16, bfloat16 or float32. (default: auto: bfloat16 on GPU, float32 on CPU)"),
     "offload": (str, "none, model (whole models move to the GPU in turn) or sequential (layer by layer, least "
                 "memory). (default: none)"),
-    "quantize": (str, None),  # its help is the choices' own (vsf_cli.models.quantize.HELP)
     "compile": (bool, "torch.compile each transformer block: the first image is slow, the rest faster; eager if "
                 "compiling fails. (default: off)"),
 }
@@ -49,7 +48,7 @@ def flags(model: str, *, exclude: tuple[str, ...] = (), every_job: bool = False)
     width, height = (_model_value(model, side) for side in ("width", "height"))
     out["size"] = (str, f"{_WRITTEN['size'][1]} (default: the model's; {width}x{height} for {model})")
     out["guidance_scale"] = (float, describe("guidance_scale", GenSettings.model_fields["guidance_scale"], model))
-    from vsf_cli.models.quantize import HELP
+    from vsf_cli.models.quantize import HELP  # --quantize's help is its choices' own
 
     out.update({name: _WRITTEN[name] for name in ("lora", "device", "dtype", "offload", "compile")})
     out["quantize"] = (str, HELP)
