@@ -1,7 +1,6 @@
 """Per-step cost of each guidance method on random-weight transformers at real model shapes, measured side by side."""
 
 import dataclasses
-import importlib.util
 import json
 import math
 import platform
@@ -498,8 +497,9 @@ def table(result: dict) -> str:
                  f"{result['negative_tokens']} negative tokens)")
     backend = f", attention with lse: {result['attention_backend']}" if result["attention_backend"] else ""
     split = f" ({result['blocks_split']})" if "blocks_split" in result else ""
-    weights = result.get("quantize", "none")
-    weights = f"{result['dtype']} weights" if weights == "none" else f"{weights} weights computing in {result['dtype']}"
+    quantized = result.get("quantize", "none")
+    weights = (f"{result['dtype']} weights" if quantized == "none"
+               else f"{quantized} weights computing in {result['dtype']}")
     lines = [f"{result['model']}, {result['blocks']} blocks{split}, {shape}, {weights} ({result['weights_mib']} MiB) "
              f"on {result['device']}{backend}; " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
              "", "| method | ms / step (median) | min–max | × none | × none, paired by round | step MiB | "
@@ -554,9 +554,11 @@ def check_options(model: str, blocks: int | None, size: str | int | None, neg_to
         raise UsageError(f"--warmup {warmup}: 0 to {MAX_WARMUP}")
     if quantize not in QUANTIZE:
         raise UsageError(f"--quantize {quantize!r}: one of {', '.join(QUANTIZE)}")
-    needs = {"int8": "torchao", "int8-quanto": "optimum.quanto", "gguf": "gguf"}.get(quantize)
-    if needs and importlib.util.find_spec(needs) is None:
-        raise UsageError(f"--quantize {quantize} needs {needs}: pip install {needs.replace('optimum.', 'optimum-')}")
+    if quantize != "none":
+        from vsf_cli.models import quantize as quantization
+
+        choice = quantization.CHOICES.get(quantize)
+        quantization.require(quantize, *((choice.backend, choice.pip) if choice else quantization.GGUF_PACKAGE))
     if methods is None:
         return shape.methods, sides, frames
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())

@@ -36,6 +36,7 @@ CHOICES = {c.name: c for c in (
 HELP = ("Quantize the transformer(s) and text encoders: none, " + ", ".join(f"{c.name} ({c.about})" for c in
         CHOICES.values()) + "; or a GGUF transformer, PATH.gguf or ORG/NAME/FILE.gguf. (default: none)")
 
+GGUF_PACKAGE = ("gguf", "gguf")  # module and pip name that GGUF files need
 _HUB_FILE = re.compile(r"^([A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)/(.+\.gguf)$")
 
 
@@ -57,8 +58,7 @@ def check(value: str, spec, device: str) -> None:
         if dict(spec.pipeline_config).get("boundary_ratio") is not None:  # Wan 2.2 A14B: two expert transformers
             raise UsageError(f"--quantize {value}: a GGUF file holds one transformer, and {spec.alias} has two "
                              "experts; use a named choice such as int8, which quantizes both")
-        if importlib.util.find_spec("gguf") is None:
-            raise UsageError("--quantize with a .gguf file needs the gguf package: pip install gguf")
+        require("with a .gguf file", *GGUF_PACKAGE)
         if not os.path.isfile(os.path.expanduser(value)) and not _HUB_FILE.match(value):
             raise UsageError(f"--quantize {value}: no such file (give PATH.gguf, or ORG/NAME/FILE.gguf on the hub)")
         return
@@ -78,8 +78,13 @@ def check(value: str, spec, device: str) -> None:
             raise UsageError(f"--quantize {value} needs a GPU of compute capability "
                              f"{'.'.join(map(str, choice.capability))} or later (this one is "
                              f"{'.'.join(map(str, have))}); use int8 or nf4")
-    if importlib.util.find_spec(choice.backend) is None:
-        raise UsageError(f"--quantize {value} needs {choice.pip}: pip install {choice.pip}")
+    require(value, choice.backend, choice.pip)
+
+
+def require(what: str, module: str, pip: str) -> None:
+    """Refuse `--quantize WHAT` in one line when the package it needs is not installed."""
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"--quantize {what} needs {pip}: pip install {pip}")
 
 
 def configs(value: str, dtype) -> tuple:

@@ -17,7 +17,8 @@ from vsf_cli.errors import UsageError
 
 MAX_SEEDS = 8  # columns of the grid
 MAX_SWEEP = 8  # rows of the method
-LOAD_FLAGS = ("device", "dtype", "offload", "quantize", "compile")  # how `vsf ui` loads the model; the page cannot change them
+# How `vsf ui` loads the model; the page cannot change them.
+LOAD_FLAGS = ("device", "dtype", "offload", "quantize", "compile")
 
 
 @dataclass
