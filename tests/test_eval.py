@@ -352,12 +352,13 @@ def test_baseline_in_the_same_run_and_from_another_run_then_the_report(tmp_path,
 # --- end to end on the toy model ---------------------------------------------------------------------------------
 
 
-def test_toy_batch_then_eval_with_the_exact_detector(tmp_path):
+@pytest.mark.parametrize("model", ["toy", "toy-z"])
+def test_toy_batch_then_eval_with_the_exact_detector(tmp_path, model):
     import yaml
 
     jobs = [{"prompt": "a small house on the left", "neg": neg, "meta": {"tier": tier, "expect": {"object": "house", "negative": neg}}}
             for neg, tier in (("red", "attribute"), ("sun", "object"), ("roof", "part"))]
-    (tmp_path / "jobs.yaml").write_text(yaml.safe_dump({"defaults": {"model": "toy"}, "seeds": [0], "jobs": jobs}))
+    (tmp_path / "jobs.yaml").write_text(yaml.safe_dump({"defaults": {"model": model}, "seeds": [0], "jobs": jobs}))
     out = tmp_path / "run"
     result = runner.invoke(app, ["batch", str(tmp_path / "jobs.yaml"), "--sweep", "method=none,vsf", "-o", str(out), "-q"])
     assert result.exit_code == 0, result.output

@@ -1,4 +1,5 @@
-"""The shipped toy model: world, judge, text path, rendering, VSF's measured effect, and a training smoke run."""
+"""The shipped toy models (SD3 `toy`, Z-Image `toy-z`): world, judge, text path, rendering, VSF's measured effect,
+and training smoke runs."""
 
 import random
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from vsf_cli.toy import bench, detector, text, world
+from vsf_cli.toy import TOYS, bench, detector, text, world
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -15,6 +16,17 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 def toy():
     torch.set_num_threads(2)
     return bench.load()
+
+
+@pytest.fixture(scope="module")
+def toy_z():
+    torch.set_num_threads(2)
+    return bench.load("toy-z")
+
+
+@pytest.fixture(scope="module", params=["toy", "toy-z"])
+def either(request):
+    return request.getfixturevalue(request.param.replace("-", "_"))
 
 
 def test_judge_reads_fresh_renders_exactly():
@@ -69,6 +81,22 @@ def test_every_word_is_one_token():
         assert len(t5(word, add_special_tokens=False).input_ids) == 1
 
 
+def test_every_word_is_one_qwen_token_with_or_without_its_space():
+    tok = text.qwen_tokenizer()
+    for word in world.VOCAB:
+        assert len(tok.tokenize(word)) == 1 and len(tok.tokenize(" " + word)) == 1, word
+    assert len(tok.tokenize(bench.UNTRAINED)) > 1  # an unknown word falls back to bytes
+
+
+def test_z_training_encoding_is_the_pipelines(toy_z):
+    captions = ["a red car with wheels and a ball", "wheels"]
+    with torch.no_grad():
+        ours = text.encode_qwen(toy_z.text_encoder, toy_z.tokenizer, captions)
+        ref = toy_z.encode_prompt(list(captions), do_classifier_free_guidance=False, max_sequence_length=text.QWEN_TOKENS)[0]
+    assert [len(e) for e in ours] == [len(e) for e in ref] == [16, 9]  # 8 template tokens, one per word
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours, ref))
+
+
 def test_training_encoding_is_the_pipelines(toy):
     captions = ["a red car with wheels and a ball", "a small tower on the left"]
     ids = text.Tokenized(toy.tokenizer, toy.tokenizer_2, toy.tokenizer_3, captions)
@@ -78,9 +106,10 @@ def test_training_encoding_is_the_pipelines(toy):
     assert torch.equal(embeds, ref) and torch.equal(pooled, ref_pooled)
 
 
-def test_shipped_model_is_small_and_safetensors(toy):
-    files = [p for p in bench.MODEL_DIR.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) <= 25 * 2**20
+@pytest.mark.parametrize("alias", TOYS)
+def test_shipped_models_are_small_and_safetensors(alias):
+    files = [p for p in TOYS[alias].rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 15 * 2**20
     assert any(p.suffix == ".safetensors" for p in files)
     assert not any(p.suffix in (".bin", ".pt", ".pth", ".ckpt") for p in files)
 
@@ -98,12 +127,17 @@ NAMED = [
 ]
 
 
-def test_model_renders_what_prompts_name(toy):
+# The share of named words each toy draws at 4 steps, measured on its shipped weights, less a margin: toy-z had
+# a third fewer training steps (docs/toy.md) and draws 0.88.
+DRAWS_NAMED = {"toy": 0.9, "toy-z": 0.85}
+
+
+def test_models_render_what_prompts_name(either, request):
     prompts = [p for p, _ in NAMED for _ in range(2)]
-    imgs = bench.generate(toy, prompts, ["music"] * len(prompts), list(range(len(prompts))), bench.CONFIGS["none"], steps=4)
+    imgs = bench.generate(either, prompts, ["music"] * len(prompts), list(range(len(prompts))), bench.CONFIGS["none"], steps=4)
     assert imgs.shape == (len(prompts), world.SIZE, world.SIZE, 3) and imgs.dtype == np.uint8
     checks = [detector.read(img).has(w) for img, (_, words) in zip(imgs, [n for n in NAMED for _ in range(2)]) for w in words]
-    assert np.mean(checks) >= 0.9, np.mean(checks)
+    assert np.mean(checks) >= DRAWS_NAMED[request.node.callspec.params["either"]], np.mean(checks)
 
 
 def _absent_rate(pipe, jobs, config):
@@ -111,13 +145,13 @@ def _absent_rate(pipe, jobs, config):
     return np.mean([r["absent"] for r in records])
 
 
-def test_vsf_removes_what_none_draws(toy):
+def test_vsf_removes_what_none_draws(either):
     # Negatives the model draws by default: each class's usual colour, and its primary part.
     jobs = [j for j in bench.load_jobs()[0] if j["tier"] == "part" or j["neg"] == world.TYPICAL_COLOUR[j["expect"]["object"]]]
-    none = _absent_rate(toy, jobs, bench.CONFIGS["none"])
-    vsf = _absent_rate(toy, jobs, bench.CONFIGS["vsf"])
+    none = _absent_rate(either, jobs, bench.CONFIGS["none"])
+    vsf = _absent_rate(either, jobs, bench.CONFIGS["vsf"])
     assert vsf - none >= 0.3, (none, vsf)
-    assert _absent_rate(toy, jobs, bench.CONFIGS["vsf"]) == vsf  # seeded: the same images again
+    assert _absent_rate(either, jobs, bench.CONFIGS["vsf"]) == vsf  # seeded: the same images again
 
 
 def test_training_smoke(tmp_path):
@@ -128,3 +162,18 @@ def test_training_smoke(tmp_path):
     pipe = bench.load(out)
     img = bench.generate(pipe, ["a red car"], ["wheels"], [0], bench.CONFIGS["vsf"], steps=2)
     assert img.shape == (1, world.SIZE, world.SIZE, 3)
+
+
+def test_z_training_smoke_loads_through_the_stock_pipeline(tmp_path):
+    from diffusers import ZImagePipeline
+
+    from vsf_cli.toy import train
+
+    out = tmp_path / "toy-z"
+    train.main(["--arch", "zimage", "--out", str(out), "--steps", "2", "--batch", "4", "--layers", "1", "--minutes", "5"])
+    pipe = bench.load(out)
+    assert isinstance(pipe, ZImagePipeline) and pipe.transformer.config.in_channels == 4
+    img = bench.generate(pipe, ["a red car"], ["wheels"], [0], bench.CONFIGS["vsf"], steps=2)
+    assert img.shape == (1, world.SIZE, world.SIZE, 3)
+    with pytest.raises(ValueError, match="pooled"):
+        bench.generate(pipe, ["a red car"], ["wheels"], [0], bench.CONFIGS["vsf+pool1.1"], steps=2)

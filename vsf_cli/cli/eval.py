@@ -9,12 +9,13 @@ import typer
 from vsf_cli.cli import app
 from vsf_cli.cli.common import console, errors_to_exit_codes, progress_bar, warn
 from vsf_cli.errors import UsageError
+from vsf_cli.toy import TOYS
 
 
 @app.command("eval")
 def eval_(
     run_dir: Path = typer.Argument(..., help="A `vsf batch` output folder (holds manifest*.jsonl)."),
-    judge: str = typer.Option(None, "--judge", "-j", help="openai (any OpenAI-compatible vision server) or toy (the toy model's exact detector). (default: toy when every image is from --model toy, else openai)"),
+    judge: str = typer.Option(None, "--judge", "-j", help="openai (any OpenAI-compatible vision server) or toy (the toy models' exact detector). (default: toy when every image is from --model toy or toy-z, else openai)"),
     base_url: str = typer.Option(None, "--base-url", envvar="VSF_JUDGE_BASE_URL", show_envvar=True, help="The judge server, e.g. http://localhost:8000/v1 for vLLM. (default: api.openai.com)"),
     judge_model: str = typer.Option(None, "--judge-model", envvar="VSF_JUDGE_MODEL", show_envvar=True, help="The judge's model name, e.g. Qwen/Qwen2.5-VL-7B-Instruct."),
     baseline: str = typer.Option(None, "--baseline", help="Paired deltas against another run folder (one setting), or a setting of this run as KEY=VALUE, e.g. method=none."),
@@ -42,7 +43,7 @@ def eval_(
 
         items = eval_items.load(run_dir, warn=warn)
         _warn_unrecorded(run_dir, items)
-        name = judge or ("toy" if all(i.settings.get("model") == "toy" for i in items) else "openai")
+        name = judge or ("toy" if all(i.settings.get("model") in TOYS for i in items) else "openai")
         the_judge = judges.make(name, model=judge_model, base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY"),
                                 timeout=timeout, retries=retries, concurrency=concurrency, frames=frames)
         base_items, base_label = _baseline(baseline, items, eval_items, eval_run) if baseline else (None, None)

@@ -45,7 +45,7 @@ class ModelSpec:
     # folder of this layout apart (Wan 2.2: the experts' boundary_ratio, TI2V's expand_timesteps).
     pipeline_config: tuple[tuple[str, object], ...] = ()
 
-    folder: str | None = None  # a model shipped inside the package (the toy)
+    folder: str | None = None  # a model shipped inside the package (the toys)
 
     @property
     def source(self) -> str:
@@ -75,6 +75,12 @@ _SPECS: tuple[ModelSpec, ...] = (
         guidance_scale=0.0, max_sequence_length=20, distilled=False,
         folder=str(Path(__file__).resolve().parents[1] / "toy" / "model"),
         note="a 32x32 SD3-architecture model trained on a procedural world, shipped in the package (docs/toy.md)",
+    ),
+    ModelSpec(
+        alias="toy-z", family="zimage", hub_id=None, gated=False, steps=8, width=32, height=32, scale=3.5,
+        offset=0.1, guidance_scale=0.0, max_sequence_length=32, distilled=False,
+        folder=str(Path(__file__).resolve().parents[1] / "toy" / "model_z"),
+        note="a 32x32 Z-Image-architecture (single-stream) model trained on the same world, shipped (docs/toy.md)",
     ),
     ModelSpec(
         alias="sd35-large-turbo", family="sd3", hub_id="stabilityai/stable-diffusion-3.5-large-turbo", gated=True,

@@ -1,6 +1,6 @@
 """The toy negative-prompt benchmark: renders presets/toyneg.yaml per method and scores it with the exact judge.
 
-    python -m vsf_cli.toy.bench [--model DIR] [--seeds 0-7] [--configs none,vsf,...] [--markdown FILE] [--json FILE]
+    python -m vsf_cli.toy.bench [--model toy|toy-z|DIR] [--seeds 0-7] [--configs none,vsf,...] [--markdown FILE] [--json FILE]
     python -m vsf_cli.toy.bench --write-preset presets/toyneg.yaml
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vsf_cli.toy import MODEL_DIR, world
-from vsf_cli.toy.text import MAX_TOKENS
+from vsf_cli.toy import MODEL_DIR, TOYS, world
+from vsf_cli.toy.text import MAX_TOKENS, QWEN_TOKENS
 
 STEPS = 8
 CONTROL = {"sun": "ball"}  # an unrelated trained word per negative; anything not listed gets "sun"
@@ -152,12 +152,18 @@ CONFIGS = {
 }
 
 
-def load(path: Path = MODEL_DIR):
-    from diffusers import StableDiffusion3Pipeline
+def load(path: Path | str = MODEL_DIR):
+    """A toy pipeline in float32, by alias (`toy`, `toy-z`) or folder; its class comes from model_index.json."""
+    from diffusers import DiffusionPipeline
 
-    pipe = StableDiffusion3Pipeline.from_pretrained(path, dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(TOYS.get(str(path), path), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def text_tokens(pipe) -> int:
+    """The text length the toy's spec calls with: 20 CLIP + 20 T5 tokens (SD3), 32 Qwen tokens (Z-Image)."""
+    return MAX_TOKENS if hasattr(pipe, "text_encoder_3") else QWEN_TOKENS
 
 
 def noise_seed(seed: int, job_index: int) -> int:
@@ -170,18 +176,25 @@ def generate(pipe, prompts: list[str], negatives: list, seeds: list[int], config
     """Images (n, 32, 32, 3) uint8 for one config; seeds[i] seeds image i; a negative may be a list of several."""
     from vsf_cli import guidance
 
-    kw = dict(do_classifier_free_guidance=False, max_sequence_length=MAX_TOKENS)
-    embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, **kw)
-    if config.pooled_k is not None:
-        joined = [swapped(n, "joined") for n in negatives]
-        neg_pooled = pipe.encode_prompt(prompt=joined, prompt_2=None, prompt_3=None, **kw)[2]
-        pooled = neg_pooled + config.pooled_k * (pooled - neg_pooled)
+    tokens = text_tokens(pipe)
+    if tokens == MAX_TOKENS:  # SD3: encode here, so that the pooled vector can be extrapolated
+        kw = dict(do_classifier_free_guidance=False, max_sequence_length=tokens)
+        embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, **kw)
+        if config.pooled_k is not None:
+            joined = [swapped(n, "joined") for n in negatives]
+            neg_pooled = pipe.encode_prompt(prompt=joined, prompt_2=None, prompt_3=None, **kw)[2]
+            pooled = neg_pooled + config.pooled_k * (pooled - neg_pooled)
+        text = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    elif config.pooled_k is not None:
+        raise ValueError(f"{config.name}: only the SD3 toy has a pooled vector")
+    else:
+        text = {"prompt": list(prompts)}  # ZImagePipeline writes the chat template into the list it gets
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    with guidance.apply(pipe, config.method, negative=negatives, **dict(config.params)) as call_kwargs:
+    with guidance.apply(pipe, config.method, negative=negatives, max_sequence_length=tokens,
+                        **dict(config.params)) as call_kwargs:
         out = pipe(
-            prompt_embeds=embeds, pooled_prompt_embeds=pooled, num_inference_steps=steps, height=world.SIZE,
-            width=world.SIZE, generator=generators, output_type="np", max_sequence_length=MAX_TOKENS,
-            **({"guidance_scale": 0.0} | call_kwargs),
+            **text, num_inference_steps=steps, height=world.SIZE, width=world.SIZE, generator=generators,
+            output_type="np", max_sequence_length=tokens, **({"guidance_scale": 0.0} | call_kwargs),
         ).images
     return (out * 255).round().clip(0, 255).astype(np.uint8)
 
@@ -226,13 +239,18 @@ TIERS = ("attribute", "object", "part")
 
 
 def summarise(records: list[dict]) -> dict[str, dict[str, float]]:
-    """Per tier (and all of toyneg's): object-present, negative-absent and clean-removal rates."""
+    """Per tier (and all of toyneg's): object-present, negative-absent and clean-removal rates, and the clean
+    rate's 95% bootstrap CI."""
+    from vsf_cli.eval.stats import estimate
+
     out = {}
     for tier in (*TIERS, *COLLATERAL_TIERS, "multi-single", "all"):
         rs = [r for r in records if r["tier"] == tier or (tier == "all" and r["tier"] in TIERS)]
         if not rs:
             continue
         out[tier] = {k: sum(r[k] for r in rs) / len(rs) for k in ("object", "absent", "clean")} | {"n": len(rs)}
+        ci = estimate([r["clean"] for r in rs])
+        out[tier]["clean_ci"] = [round(ci["lo"], 3), round(ci["hi"], 3)]
     return out
 
 
@@ -324,10 +342,11 @@ def collateral_markdown(table: dict) -> str:
 
 def markdown(results: dict[str, dict]) -> str:
     tiers = TIERS
-    head = "| config | " + " | ".join(f"{t}: object / neg. absent / clean" for t in tiers) + " |"
+    head = "| config | " + " | ".join(f"{t}: object / neg. absent / clean [95% CI]" for t in tiers) + " |"
     lines = [head, "|---|" + "---|" * len(tiers)]
     for name, s in results.items():
-        cells = [f"{s[t]['object']:.2f} / {s[t]['absent']:.2f} / **{s[t]['clean']:.2f}**" for t in tiers]
+        cells = [f"{s[t]['object']:.2f} / {s[t]['absent']:.2f} / **{s[t]['clean']:.2f}** "
+                 f"[{s[t]['clean_ci'][0]:.2f}, {s[t]['clean_ci'][1]:.2f}]" for t in tiers]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     n = next(iter(results.values()))
     lines.append("")
@@ -344,7 +363,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=MODEL_DIR)
+    ap.add_argument("--model", default="toy", help="toy, toy-z, or a toy folder that train wrote")
     ap.add_argument("--preset", type=Path, default=None, help="a job file in the toyneg format (default: the shipped one)")
     ap.add_argument("--seeds", type=parse_seeds, default=None, help="e.g. 0-7 or 0,1 (default: the preset's)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list from: {', '.join(CONFIGS)}")

@@ -1,4 +1,4 @@
-"""The toy model's text side: word-level CLIP and T5 tokenizers over the world's vocabulary, and tiny encoders."""
+"""The toy models' text side: word-level CLIP, T5 and Qwen tokenizers over the world's vocabulary, and tiny encoders."""
 
 from __future__ import annotations
 
@@ -10,6 +10,13 @@ from vsf_cli.toy import world
 MAX_TOKENS = 20  # the longest caption is 18 words; CLIP adds BOS and EOS, T5 adds EOS
 CLIP_WIDTH = 64  # each of CLIP-L and CLIP-G; together they fill T5_WIDTH, as 768 + 1280 fill 4096 in SD3 with room
 T5_WIDTH = 128
+QWEN_WIDTH = 128  # the Z-Image toy's Qwen3 encoder, and the transformer's cap_feat_dim
+QWEN_TOKENS = 32  # the longest caption is 18 words, and the chat template adds 8 tokens
+# The shape of Qwen3's chat template: the user's turn, then the assistant's turn that ZImagePipeline asks for.
+QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def clip_tokenizer():
@@ -57,6 +64,66 @@ def t5_tokenizer():
     pieces += [("▁" + w, -1.0) for w in world.VOCAB]
     pieces += [(c, -10.0) for c in "abcdefghijklmnopqrstuvwxyz"]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def qwen_tokenizer():
+    """A byte-level Qwen2Tokenizer (Qwen3's) whose merges spell each vocabulary word as one token, with and without
+    its leading space (`Ġcar`, and `car` opening a prompt); any other text falls back to bytes.
+
+    Chains of merges as in `clip_tokenizer`, moved ahead when another chain would split them first.
+    """
+    words = [w for w in ["Ġ" + w for w in world.VOCAB] + list(world.VOCAB) + ["user", "assistant"] if len(w) > 1]
+    order = words
+    for _ in range(len(order)):
+        tok = _qwen_tokenizer(order)
+        broken = [w for w in order if len(tok.tokenize(w.replace("Ġ", " "))) != 1]
+        if not broken:
+            return tok
+        order = broken + [w for w in order if w not in broken]
+    raise RuntimeError(f"no merge order spells {broken} as single tokens")
+
+
+def _qwen_tokenizer(words: list[str]):
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        piece = word[0]
+        for c in word[1:]:
+            if (piece, c) not in merges:
+                merges.append((piece, c))
+            piece += c
+            vocab.setdefault(piece, len(vocab))
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        vocab[special] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, pad_token="<|endoftext|>",
+                         additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    tok.chat_template = QWEN_CHAT_TEMPLATE
+    return tok
+
+
+def qwen_encoder(seed: int, vocab_size: int):
+    """A fresh Qwen3Model for the Z-Image toy: width 128, 3 layers (the pipeline reads the second-to-last)."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(seed)
+    return Qwen3Model(Qwen3Config(
+        vocab_size=vocab_size, hidden_size=QWEN_WIDTH, intermediate_size=2 * QWEN_WIDTH, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=32, max_position_embeddings=512,
+    ))
+
+
+def encode_qwen(text_encoder, tokenizer, captions: list[str]) -> list[torch.Tensor]:
+    """Caption features as ZImagePipeline computes them (chat template, second-to-last layer, padding dropped),
+    but with gradients for training."""
+    chats = [tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False,
+                                           add_generation_prompt=True, enable_thinking=True) for c in captions]
+    ids = tokenizer(chats, padding="longest", max_length=QWEN_TOKENS, truncation=True, return_tensors="pt")
+    mask = ids.attention_mask.bool()
+    hidden = text_encoder(input_ids=ids.input_ids, attention_mask=mask, output_hidden_states=True).hidden_states[-2]
+    return [h[m] for h, m in zip(hidden, mask)]
 
 
 def encoders(seed: int):

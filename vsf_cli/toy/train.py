@@ -1,6 +1,9 @@
-"""Train the toy model: a 2x AutoencoderKL, then an SD3 transformer and its text encoders by flow matching.
+"""Train a toy model: a 2x AutoencoderKL, then a transformer and its text encoders by flow matching.
 
-    python -m vsf_cli.toy.train --out DIR [--minutes 80] [--steps N] [--seed 0] [--threads 2] [--resume DIR]
+    python -m vsf_cli.toy.train --out DIR [--arch sd3|zimage] [--minutes 80] [--steps N] [--seed 0] [--resume DIR]
+
+`--arch sd3` is `--model toy` (MMDiT, CLIP-L + CLIP-G + T5); `--arch zimage` is `--model toy-z` (single-stream,
+Qwen3), which reuses the SD3 toy's VAE (`--vae`) so that both draw the same latent space.
 
 Data is rendered on the fly from the seeded world, so a run is reproducible from its seed and thread count.
 On a shared machine use --threads 1: two threads on one free core spend most of their time waiting for each other.
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vsf_cli.toy import text, world
+from vsf_cli.toy import MODEL_DIR, text, world
 
 LATENT_CHANNELS = 4
 
@@ -46,6 +49,67 @@ def build_transformer(layers: int, heads: int, head_dim: int):
         caption_projection_dim=heads * head_dim, pooled_projection_dim=2 * text.CLIP_WIDTH,
         out_channels=LATENT_CHANNELS, qk_norm="rms_norm", pos_embed_max_size=world.SIZE // 4,
     )
+
+
+def build_zimage_transformer(layers: int, heads: int, head_dim: int):
+    from diffusers import ZImageTransformer2DModel
+
+    axes = [head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8]  # rotary dims: caption/frame, height, width
+    return ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=LATENT_CHANNELS, dim=heads * head_dim,
+        n_layers=layers, n_refiner_layers=2, n_heads=heads, n_kv_heads=heads, cap_feat_dim=text.QWEN_WIDTH,
+        axes_dims=axes, axes_lens=[4 * text.QWEN_TOKENS, world.SIZE // 2, world.SIZE // 2],
+    )
+
+
+class SD3:
+    """The MMDiT toy: three text encoders, pooled projections, the velocity noise - x0 at timestep 1000 t."""
+
+    pipeline = "StableDiffusion3Pipeline"
+    layers, heads, head_dim = 6, 5, 32
+
+    def __init__(self):
+        self.tokenizers = text.clip_tokenizer(), text.clip_tokenizer(), text.t5_tokenizer()
+
+    def fresh(self, seed: int, args):
+        encoders = text.encoders(seed + 10)
+        torch.manual_seed(seed + 20)
+        return build_transformer(args.layers, args.heads, args.head_dim), encoders
+
+    def predict(self, m, x_t, t, captions):
+        embeds, pooled = text.encode(*m[1:], text.Tokenized(*self.tokenizers, captions))
+        return m[0](hidden_states=x_t, timestep=t * 1000, encoder_hidden_states=embeds, pooled_projections=pooled).sample
+
+    def parts(self, m, vae) -> dict:
+        tok = self.tokenizers
+        return dict(transformer=m[0], vae=vae, text_encoder=m[1], tokenizer=tok[0], text_encoder_2=m[2],
+                    tokenizer_2=tok[1], text_encoder_3=m[3], tokenizer_3=tok[2])
+
+
+class ZImage:
+    """The single-stream toy: one Qwen3 encoder; the model takes 1 - t and returns x0 - noise, as Z-Image does."""
+
+    pipeline = "ZImagePipeline"
+    layers, heads, head_dim = 5, 4, 32
+
+    def __init__(self):
+        self.tokenizer = text.qwen_tokenizer()
+
+    def fresh(self, seed: int, args):
+        encoder = text.qwen_encoder(seed + 10, len(self.tokenizer))
+        torch.manual_seed(seed + 20)
+        return build_zimage_transformer(args.layers, args.heads, args.head_dim), (encoder,)
+
+    def predict(self, m, x_t, t, captions):
+        caps = text.encode_qwen(m[1], self.tokenizer, captions)
+        out = m[0](list(x_t.unsqueeze(2).unbind(0)), 1 - t, caps, return_dict=False)[0]
+        return -torch.stack(out).squeeze(2)
+
+    def parts(self, m, vae) -> dict:
+        return dict(transformer=m[0], vae=vae, text_encoder=m[1], tokenizer=self.tokenizer)
+
+
+ARCHES = {"sd3": SD3, "zimage": ZImage}
 
 
 def pixels(imgs: np.ndarray) -> torch.Tensor:
@@ -83,12 +147,12 @@ def train_vae(vae, rng: random.Random, steps: int, batch: int, log, check: int) 
     vae.register_to_config(shift_factor=round(z.mean().item(), 4), scaling_factor=round(1 / z.std().item(), 4))
 
 
-def save(path: Path, parts: dict, dtype: torch.dtype) -> None:
+def save(path: Path, pipeline: str, parts: dict, dtype: torch.dtype) -> None:
     """Write the pipeline next to `path`, then swap it in, so a reader never sees a half-written folder."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    import diffusers
 
     parts = {k: (copy.deepcopy(v).to(dtype) if isinstance(v, torch.nn.Module) else v) for k, v in parts.items()}
-    pipe = StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), **parts)
+    pipe = getattr(diffusers, pipeline)(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0), **parts)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
@@ -102,15 +166,17 @@ def save(path: Path, parts: dict, dtype: torch.dtype) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--arch", choices=ARCHES, default="sd3", help="sd3: --model toy; zimage: --model toy-z")
+    ap.add_argument("--vae", type=Path, default=MODEL_DIR / "vae", help="zimage: the trained VAE it reuses")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=1_000_000, help="stop after this many transformer steps")
     ap.add_argument("--minutes", type=float, default=80.0, help="stop after this much wall clock (VAE included)")
     ap.add_argument("--vae-steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--heads", type=int, default=5)
-    ap.add_argument("--head-dim", type=int, default=32)
+    ap.add_argument("--layers", type=int, help="transformer blocks (default: sd3 6, zimage 5)")
+    ap.add_argument("--heads", type=int, help="attention heads (default: sd3 5, zimage 4)")
+    ap.add_argument("--head-dim", type=int, help="width per head (default 32)")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--save-every", type=float, default=10.0, help="minutes between checkpoints")
     ap.add_argument("--resume", type=Path, help="a folder this script saved: continue training its weights")
@@ -126,35 +192,35 @@ def main(argv: list[str] | None = None) -> None:
     def log(msg: str) -> None:
         print(f"[{(time.time() - start) / 60:6.1f} min] {msg}", flush=True)
 
+    arch = ARCHES[args.arch]()
+    for knob in ("layers", "heads", "head_dim"):
+        if getattr(args, knob) is None:
+            setattr(args, knob, getattr(arch, knob))
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
-    tokenizers = text.clip_tokenizer(), text.clip_tokenizer(), text.t5_tokenizer()
     if args.resume:  # continue from a saved folder: its VAE is kept, its weights start a fresh optimiser
-        from diffusers import StableDiffusion3Pipeline
+        import diffusers
 
-        old = StableDiffusion3Pipeline.from_pretrained(args.resume, dtype=torch.float32)
+        old = getattr(diffusers, arch.pipeline).from_pretrained(args.resume, dtype=torch.float32)
         vae, transformer = old.vae.eval().requires_grad_(False), old.transformer
-        encoders = old.text_encoder, old.text_encoder_2, old.text_encoder_3
+        encoders = [getattr(old, k) for k in ("text_encoder", "text_encoder_2", "text_encoder_3") if hasattr(old, k)]
         log(f"resumed from {args.resume}")
+    elif args.arch == "zimage":
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.vae, dtype=torch.float32).eval().requires_grad_(False)
+        transformer, encoders = arch.fresh(args.seed, args)
     else:
         vae = build_vae()
         train_vae(vae, rng, args.vae_steps, 32, log, args.check)
-        encoders = text.encoders(args.seed + 10)
-        torch.manual_seed(args.seed + 20)
-        transformer = build_transformer(args.layers, args.heads, args.head_dim)
+        transformer, encoders = arch.fresh(args.seed, args)
     trained = torch.nn.ModuleList([transformer, *encoders]).train()
     ema = copy.deepcopy(trained).eval().requires_grad_(False)
     n_params = sum(p.numel() for p in trained.parameters())
-    log(f"transformer + text encoders: {n_params / 1e6:.2f} M parameters")
+    log(f"{args.arch} transformer + text encoders: {n_params / 1e6:.2f} M parameters")
     opt = torch.optim.AdamW(trained.parameters(), lr=args.lr, weight_decay=0.01)
     shift, scale = vae.config.shift_factor, vae.config.scaling_factor
     budget = args.minutes * 60
-
-    def parts(m):
-        return dict(
-            transformer=m[0], vae=vae, text_encoder=m[1], tokenizer=tokenizers[0], text_encoder_2=m[2],
-            tokenizer_2=tokenizers[1], text_encoder_3=m[3], tokenizer_3=tokenizers[2],
-        )
 
     dtype = getattr(torch, args.dtype)
     last_save, smooth, step = time.time(), None, 0
@@ -167,14 +233,12 @@ def main(argv: list[str] | None = None) -> None:
         imgs, captions, _ = world.batch(rng, args.batch)
         with torch.no_grad():
             z = (vae.encode(pixels(imgs)).latent_dist.mean - shift) * scale
-        ids = text.Tokenized(*tokenizers, captions)
         t = torch.sigmoid(torch.randn(args.batch))  # logit-normal, as SD3 trains
         noise = torch.randn_like(z)
         tt = t.view(-1, 1, 1, 1)
         x_t = (1 - tt) * z + tt * noise
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            prompt_embeds, pooled = text.encode(*trained[1:], ids)
-            pred = trained[0](hidden_states=x_t, timestep=t * 1000, encoder_hidden_states=prompt_embeds, pooled_projections=pooled).sample
+            pred = arch.predict(trained, x_t, t, captions)
         loss = F.mse_loss(pred.float(), noise - z)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -188,10 +252,10 @@ def main(argv: list[str] | None = None) -> None:
         if step % 50 == 0:
             log(f"step {step} loss {smooth:.4f} lr {lr:.2e}")
         if time.time() - last_save > args.save_every * 60:
-            save(args.out, parts(ema), dtype)
+            save(args.out, arch.pipeline, arch.parts(ema, vae), dtype)
             last_save = time.time()
             log(f"checkpoint at step {step} -> {args.out}")
-    save(args.out, parts(ema), dtype)
+    save(args.out, arch.pipeline, arch.parts(ema, vae), dtype)
     log(f"done: {step} steps, loss {smooth:.4f}, saved {args.out}")
 
 
