@@ -399,16 +399,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:14s} " + "  ".join(f"{t} {s[t]['object']:.2f}/{s[t]['absent']:.2f}/{s[t]['clean']:.2f}"
                                          for t in (*TIERS, *COLLATERAL_TIERS) if t in s)
               + f"  ({time.time() - t0:.0f} s)", flush=True)
-    text = markdown(results) if "toyneg" in tiers else ""
-    table = collateral(records_by) if "collateral" in tiers else {}
-    if table:
-        text += ("\n\n" if text else "") + collateral_markdown(table)
+        text = markdown(results) if "toyneg" in tiers else ""
+        table = collateral(records_by) if "collateral" in tiers else {}
+        if table:
+            text += ("\n\n" if text else "") + collateral_markdown(table)
+        # Written after every config, so that a long run stopped part way keeps the rows it finished.
+        if args.markdown:
+            args.markdown.write_text(text + "\n", encoding="utf-8")
+        if args.json:
+            args.json.write_text(json.dumps({"seeds": seeds, "results": results, "clean_by_negative": per_neg,
+                                             "collateral": table}, indent=1), encoding="utf-8")
     print(text)
-    if args.markdown:
-        args.markdown.write_text(text + "\n", encoding="utf-8")
-    if args.json:
-        args.json.write_text(json.dumps({"seeds": seeds, "results": results, "clean_by_negative": per_neg,
-                                         "collateral": table}, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":
