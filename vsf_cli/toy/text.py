@@ -25,10 +25,17 @@ def clip_tokenizer():
     The stock class keeps the pipeline's code path. Each word gets a chain of merges (g r -> gr, gr e -> gre, ...);
     a word whose letters another chain would merge first ("re" of "red" inside "green") has its chain moved ahead.
     """
-    order = list(world.VOCAB)
+    return _spelled_whole(_clip_tokenizer, list(world.VOCAB),
+                          lambda tok, w: len(tok(w, add_special_tokens=False).input_ids))
+
+
+def _spelled_whole(build, words: list[str], pieces):
+    """build(order) for an order of the words' merge chains in which every word is one token (pieces(tok, w) == 1):
+    a chain that another would split first is moved ahead, until none is."""
+    order = words
     for _ in range(len(order)):
-        tok = _clip_tokenizer(order)
-        broken = [w for w in order if len(tok(w, add_special_tokens=False).input_ids) != 1]
+        tok = build(order)
+        broken = [w for w in order if pieces(tok, w) != 1]
         if not broken:
             return tok
         order = broken + [w for w in order if w not in broken]
@@ -73,14 +80,7 @@ def qwen_tokenizer():
     Chains of merges as in `clip_tokenizer`, moved ahead when another chain would split them first.
     """
     words = [w for w in ["Ġ" + w for w in world.VOCAB] + list(world.VOCAB) + ["user", "assistant"] if len(w) > 1]
-    order = words
-    for _ in range(len(order)):
-        tok = _qwen_tokenizer(order)
-        broken = [w for w in order if len(tok.tokenize(w.replace("Ġ", " "))) != 1]
-        if not broken:
-            return tok
-        order = broken + [w for w in order if w not in broken]
-    raise RuntimeError(f"no merge order spells {broken} as single tokens")
+    return _spelled_whole(_qwen_tokenizer, words, lambda tok, w: len(tok.tokenize(w.replace("Ġ", " "))))
 
 
 def _qwen_tokenizer(words: list[str]):
