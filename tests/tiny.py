@@ -4,6 +4,8 @@ from pathlib import Path
 
 import torch
 
+from vsf_cli.toy.text import QWEN_CHAT_TEMPLATE
+
 
 def byte_clip_tokenizer(model_max_length: int | None = 77):
     """A byte-level CLIP tokenizer built in memory: every byte is a token, no merges (`model_max_length` None: the
@@ -183,12 +185,6 @@ def build_wan(path: Path, *, seed: int = 0, image_to_video: bool = False) -> Pat
     return Path(path)
 
 
-QWEN_CHAT_TEMPLATE = (  # the shape of Qwen3's template: role turns, then the assistant's turn when asked for
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 def byte_qwen_tokenizer():
     """A byte-level Qwen2 tokenizer (Qwen3 uses it) built in memory: every byte a token, no merges, a chat template."""
     from transformers import Qwen2Tokenizer
@@ -198,7 +194,7 @@ def byte_qwen_tokenizer():
     for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
         vocab[special] = len(vocab)
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], additional_special_tokens=["<|im_start|>", "<|im_end|>"])
-    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE  # the shape of Qwen3's template, as the Z-Image toy's
     return tokenizer
 
 
