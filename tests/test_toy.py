@@ -74,6 +74,33 @@ def test_collateral_statistics_on_known_records():
     assert bench.total_variation(["a", "b"], ["b", "a"]) == 0.0
 
 
+def test_bench_reuses_rows_an_earlier_run_saved(tmp_path, monkeypatch):
+    import json
+
+    import yaml
+
+    jobs = [j for j in bench.make_jobs() if j["tier"] == "part"][:2]
+    preset = tmp_path / "two.yaml"
+    preset.write_text(yaml.safe_dump({"seeds": [0], "jobs": [
+        {"prompt": j["prompt"], "neg": j["neg"], "meta": {"tier": j["tier"], "expect": j["expect"]}} for j in jobs]}))
+    common = ["--preset", str(preset), "--tiers", "toyneg", "--seeds", "0"]
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    bench.main([*common, "--configs", "none", "--json", str(first)])
+    rendered = []
+    real_run = bench.run
+    monkeypatch.setattr(bench, "run", lambda pipe, jobs, seeds, config: rendered.append(config.name) or
+                        real_run(pipe, jobs, seeds, config))
+    bench.main([*common, "--configs", "none,vsf", "--reuse", str(first), "--json", str(second)])
+    a, b = json.loads(first.read_text()), json.loads(second.read_text())
+    assert rendered == ["vsf"]  # none comes from the first run, image by image
+    assert b["records"]["none"] == a["records"]["none"] and list(b["results"]) == ["none", "vsf"]
+    assert len(b["records"]["vsf"]) == 2
+    with pytest.raises(SystemExit, match="--reuse .* it ran"):
+        bench.main(["--preset", str(preset), "--tiers", "toyneg", "--seeds", "1", "--reuse", str(first)])
+    with pytest.raises(SystemExit, match="unknown vsf-nope"):
+        bench.main([*common, "--configs", "vsf-nope"])
+
+
 def test_every_word_is_one_token():
     clip, t5 = text.clip_tokenizer(), text.t5_tokenizer()
     for word in world.VOCAB:

@@ -341,7 +341,8 @@ def collateral_markdown(table: dict) -> str:
 
 
 def markdown(results: dict[str, dict]) -> str:
-    tiers = TIERS
+    """The toyneg tiers that the run has, as markdown: rates and the clean rate's 95% CI."""
+    tiers = [t for t in TIERS if t in next(iter(results.values()))]
     head = "| config | " + " | ".join(f"{t}: object / neg. absent / clean [95% CI]" for t in tiers) + " |"
     lines = [head, "|---|" + "---|" * len(tiers)]
     for name, s in results.items():
@@ -372,7 +373,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompts", choices=("bench", "dev"), default="bench",
                     help="the collateral tier's prompts: the held-out benchmark ones, or dev ones for tuning")
     ap.add_argument("--markdown", type=Path)
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=Path, help="write the rates, the collateral table and every image's record")
+    ap.add_argument("--reuse", type=Path, action="append", default=[],
+                    help="an earlier --json (same model, tiers, prompts and seeds) whose configs join this run's "
+                    "tables and paired tests without being rendered again; repeatable, so rows can run in parallel")
     ap.add_argument("--write-preset", type=Path, help="write the benchmark YAML and exit")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -385,11 +389,22 @@ def main(argv: list[str] | None = None) -> None:
     if "collateral" in tiers:
         jobs += collateral_jobs(world.held_out_prompts() if args.prompts == "bench" else dev_prompts())
     seeds = args.seeds or seeds
-    pipe = load(args.model)
-    results, per_neg, records_by = {}, {}, {}
-    for name in args.configs.split(","):
+    setup = {"model": args.model, "prompts": args.prompts, "jobs": len(jobs), "seeds": seeds}
+    records_by = {}
+    for path in args.reuse:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        theirs = {k: earlier.get(k) for k in ("model", "prompts", "jobs", "seeds")}
+        if theirs != setup:
+            raise SystemExit(f"--reuse {path}: it ran {theirs}, this run is {setup}")
+        records_by |= earlier["records"]
+    names = [n for n in args.configs.split(",") if n and n not in records_by]
+    if unknown := [n for n in names if n not in CONFIGS]:
+        raise SystemExit(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    pipe = load(args.model) if names else None
+    results, per_neg = {}, {}
+    for name in [*records_by, *names]:
         t0 = time.time()
-        records = run(pipe, jobs, seeds, CONFIGS[name])
+        records = records_by.get(name) or run(pipe, jobs, seeds, CONFIGS[name])
         records_by[name] = records
         results[name] = summarise(records)
         toyneg = [r for r in records if r["tier"] in ("attribute", "object", "part")]
@@ -407,8 +422,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.markdown:
             args.markdown.write_text(text + "\n", encoding="utf-8")
         if args.json:
-            args.json.write_text(json.dumps({"seeds": seeds, "results": results, "clean_by_negative": per_neg,
-                                             "collateral": table}, indent=1), encoding="utf-8")
+            args.json.write_text(json.dumps({**setup, "results": results,
+                                             "clean_by_negative": per_neg, "collateral": table,
+                                             "records": records_by}), encoding="utf-8")
     print(text)
 
 
