@@ -90,13 +90,16 @@ def test_bench_reuses_rows_an_earlier_run_saved(tmp_path, monkeypatch):
     real_run = bench.run
     monkeypatch.setattr(bench, "run", lambda pipe, jobs, seeds, config: rendered.append(config.name) or
                         real_run(pipe, jobs, seeds, config))
-    bench.main([*common, "--configs", "none,vsf", "--reuse", str(first), "--json", str(second)])
+    bench.main([*common, "--configs", "vsf,none", "--reuse", str(first), "--json", str(second)])
     a, b = json.loads(first.read_text()), json.loads(second.read_text())
     assert rendered == ["vsf"]  # none comes from the first run, image by image
-    assert b["records"]["none"] == a["records"]["none"] and list(b["results"]) == ["none", "vsf"]
+    assert b["records"]["none"] == a["records"]["none"]
+    assert list(b["results"]) == list(b["records"]) == ["vsf", "none"]  # in --configs order
     assert len(b["records"]["vsf"]) == 2
     with pytest.raises(SystemExit, match="--reuse .* it ran"):
         bench.main(["--preset", str(preset), "--tiers", "toyneg", "--seeds", "1", "--reuse", str(first)])
+    with pytest.raises(SystemExit, match="name at least one"):
+        bench.main([*common, "--configs", ""])
     with pytest.raises(SystemExit, match="unknown vsf-nope"):
         bench.main([*common, "--configs", "vsf-nope"])
 

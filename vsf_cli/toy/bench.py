@@ -397,12 +397,15 @@ def main(argv: list[str] | None = None) -> None:
         if theirs != setup:
             raise SystemExit(f"--reuse {path}: it ran {theirs}, this run is {setup}")
         records_by |= earlier["records"]
-    names = [n for n in args.configs.split(",") if n and n not in records_by]
-    if unknown := [n for n in names if n not in CONFIGS]:
+    asked = [n for n in args.configs.split(",") if n]
+    if unknown := [n for n in asked if n not in CONFIGS and n not in records_by]:
         raise SystemExit(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
-    pipe = load(args.model) if names else None
+    order = [*asked, *(n for n in records_by if n not in asked)]  # the tables follow --configs, reused rows included
+    if not order:
+        raise SystemExit("--configs: name at least one config, or --reuse an earlier run")
+    pipe = load(args.model) if any(n not in records_by for n in order) else None
     results, per_neg = {}, {}
-    for name in [*records_by, *names]:
+    for name in order:
         t0 = time.time()
         records = records_by.get(name) or run(pipe, jobs, seeds, CONFIGS[name])
         records_by[name] = records
@@ -415,7 +418,8 @@ def main(argv: list[str] | None = None) -> None:
                                          for t in (*TIERS, *COLLATERAL_TIERS) if t in s)
               + f"  ({time.time() - t0:.0f} s)", flush=True)
         text = markdown(results) if "toyneg" in tiers else ""
-        table = collateral(records_by) if "collateral" in tiers else {}
+        done = {n: records_by[n] for n in order if n in results}  # in --configs order
+        table = collateral(done) if "collateral" in tiers else {}
         if table:
             text += ("\n\n" if text else "") + collateral_markdown(table)
         # Written after every config, so that a long run stopped part way keeps the rows it finished.
@@ -424,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.json:
             args.json.write_text(json.dumps({**setup, "results": results,
                                              "clean_by_negative": per_neg, "collateral": table,
-                                             "records": records_by}), encoding="utf-8")
+                                             "records": done}), encoding="utf-8")
     print(text)
 
 
