@@ -98,6 +98,9 @@ def test_bench_reuses_rows_an_earlier_run_saved(tmp_path, monkeypatch):
     assert len(b["records"]["vsf"]) == 2
     with pytest.raises(SystemExit, match="--reuse .* it ran"):
         bench.main(["--preset", str(preset), "--tiers", "toyneg", "--seeds", "1", "--reuse", str(first)])
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SystemExit, match="bad.json: not a --json file"):
+        bench.main([*common, "--reuse", str(tmp_path / "bad.json")])
     with pytest.raises(SystemExit, match="name at least one"):
         bench.main([*common, "--configs", ""])
     with pytest.raises(SystemExit, match="unknown vsf-nope"):

@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--json", type=Path, help="write the rates, the collateral table and every image's record")
     ap.add_argument("--reuse", type=Path, action="append", default=[],
-                    help="an earlier --json (same model, tiers, prompts and seeds) whose configs join this run's "
+                    help="an earlier --json (same model, preset, tiers, prompts and seeds) whose configs join this run's "
                     "tables and paired tests without being rendered again; repeatable, so rows can run in parallel")
     ap.add_argument("--write-preset", type=Path, help="write the benchmark YAML and exit")
     ap.add_argument("--threads", type=int, default=2)
@@ -389,14 +389,18 @@ def main(argv: list[str] | None = None) -> None:
     if "collateral" in tiers:
         jobs += collateral_jobs(world.held_out_prompts() if args.prompts == "bench" else dev_prompts())
     seeds = args.seeds or seeds
-    setup = {"model": args.model, "prompts": args.prompts, "jobs": len(jobs), "seeds": seeds}
+    setup = {"model": args.model, "preset": str(args.preset or "toyneg"), "tiers": sorted(tiers),
+             "prompts": args.prompts, "jobs": len(jobs), "seeds": seeds}
     records_by = {}
     for path in args.reuse:
-        earlier = json.loads(path.read_text(encoding="utf-8"))
-        theirs = {k: earlier.get(k) for k in ("model", "prompts", "jobs", "seeds")}
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+            theirs, records = {k: earlier.get(k) for k in setup}, earlier["records"]
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise SystemExit(f"--reuse {path}: not a --json file of this benchmark ({type(e).__name__}: {e})")
         if theirs != setup:
             raise SystemExit(f"--reuse {path}: it ran {theirs}, this run is {setup}")
-        records_by |= earlier["records"]
+        records_by |= records
     asked = [n for n in args.configs.split(",") if n]
     if unknown := [n for n in asked if n not in CONFIGS and n not in records_by]:
         raise SystemExit(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
