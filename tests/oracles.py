@@ -108,12 +108,13 @@ def spans(groups: dict[str, int]) -> dict[str, slice]:
     return out
 
 
-def naive_contrast(q, k_plus, v_plus, k_neg, v_neg, scale, offset, cap, neg_valid=None):
-    """VSF's contrast variant as docs/method.md §1.4 writes it, in float64, one token at a time for the cap.
+def naive_contrast(q, k_plus, v_plus, k_neg, v_neg, scale, offset, cap, neg_valid=None, text=None):
+    """VSF's contrast variants as docs/method.md §1.4 writes them, in float64, one token at a time for the cap.
 
     s = the share the negative keys (logits - offset) take in one softmax beside the other keys; Z+ = attention
-    over the other keys alone, Z- over the negative keys alone; Z = Z+ + scale * s * (Z+ - Z-), the push scaled
-    down per token so that its L1 norm over all heads' channels is at most cap times Z+'s.
+    over the other keys alone, Z- over the negative keys alone; Z = Z+ + scale * s * (R - Z-), the push scaled
+    down per token so that its L1 norm over all heads' channels is at most cap times Z+'s. R is Z+, or with
+    `text` = (keys, values) of the positive prompt (text-contrast), the attention over those keys alone.
     `neg_valid` (batch, negative keys) is False for padding, which no query sees.
     """
     q, k_plus, v_plus, k_neg, v_neg = (x.double() for x in (q, k_plus, v_plus, k_neg, v_neg))
@@ -125,7 +126,11 @@ def naive_contrast(q, k_plus, v_plus, k_neg, v_neg, scale, offset, cap, neg_vali
     joined = torch.softmax(torch.cat([plus, minus], -1), -1)
     share = joined[..., plus.shape[-1]:].sum(-1, keepdim=True)
     z_plus, z_minus = torch.softmax(plus, -1) @ v_plus, torch.softmax(minus, -1) @ v_neg
-    push = scale * share * (z_plus - z_minus)
+    reference = z_plus
+    if text is not None:
+        k_text, v_text = (x.double() for x in text)
+        reference = torch.softmax(q @ k_text.transpose(-1, -2) / root, -1) @ v_text
+    push = scale * share * (reference - z_minus)
     for b in range(q.shape[0]):
         for t in range(q.shape[2]):
             ratio = push[b, :, t].abs().sum() / z_plus[b, :, t].abs().sum()
@@ -140,9 +145,10 @@ class DenseVSF:
     `layout` "paper": stream [P, N0]; "reference": the seed code's [P, Na, Nb] (docs/method.md §2.3, its table).
     """
 
-    def __init__(self, n_pos, n_neg, scale, offset, layout="paper", cap=None):
+    def __init__(self, n_pos, n_neg, scale, offset, layout="paper", cap=None, from_text=False):
         self.n_pos, self.n_neg, self.scale, self.offset, self.layout = n_pos, n_neg, scale, offset, layout
-        self.cap = cap  # a number: the image rows are the contrast variant's (`naive_contrast`), not the table's
+        self.cap = cap  # a number: the image rows are a contrast variant's (`naive_contrast`), not the table's
+        self.from_text = from_text  # text-contrast: the push is taken from the positive prompt's readout
 
     def mask(self, n_img):
         """The table as an additive mask: 0 where a query group sees a key group, -offset on I -> N1, -inf elsewhere."""
@@ -171,8 +177,10 @@ class DenseVSF:
         out = softmax_attention(q, k, v, self.mask(n_img))
         if self.cap is not None:
             plus = slice(0, kt.shape[2] - self.n_neg)
+            text = (kt[:, :, plus], vt[:, :, plus]) if self.from_text else None
             out[:, :, :n_img] = naive_contrast(qi, torch.cat([ki, kt[:, :, plus]], 2), torch.cat([vi, vt[:, :, plus]], 2),
-                                               kt[:, :, neg], vt[:, :, neg], self.scale, self.offset, self.cap)
+                                               kt[:, :, neg], vt[:, :, neg], self.scale, self.offset, self.cap,
+                                               text=text)
         return finish(attn, out[:, :, :n_img], out[:, :, n_img:])
 
 

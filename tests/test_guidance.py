@@ -86,11 +86,29 @@ def test_contrast_kernel_equals_its_formula(scale, offset, cap):
     keys, values = (torch.cat([a, b], 2) for a, b in zip(image[1:], positive[1:]))
     want = naive_contrast(image[0], keys, values, *negative[1:], scale, offset, cap, neg_valid=mask)
     assert torch.allclose(fast[0].double(), want, atol=1e-5)
+    text = vsf_joint(image, positive, negative, scale=scale, offset=offset, cap=cap, negative_mask=mask, from_text=True)
+    want_text = naive_contrast(image[0], keys, values, *negative[1:], scale, offset, cap, neg_valid=mask,
+                               text=positive[1:])
+    assert torch.allclose(text[0].double(), want_text, atol=1e-5) and not torch.allclose(text[0], fast[0], atol=1e-3)
     paper = vsf_joint(image, positive, negative, scale=scale, offset=offset, negative_mask=mask)
     assert close(fast[1:], paper[1:]) and not torch.allclose(fast[0], paper[0], atol=1e-3)  # text rows: the paper's
     cross = vsf_cross(image[0], positive[1:], negative[1:], scale=scale, offset=offset, cap=cap, negative_mask=mask)
     assert torch.allclose(cross.double(), naive_contrast(image[0], *positive[1:], *negative[1:], scale, offset, cap,
                                                          neg_valid=mask), atol=1e-5)
+
+
+def test_text_contrast_drops_the_padding_of_a_shorter_caption():
+    """With a context mask (captions of unequal length in one batch, as Qwen-Image calls), each item's push is
+    taken from its own caption's tokens: item 1 equals the naive formula on its caption without the last 3 tokens."""
+    image, positive, negative = groups(20, 8, 5)
+    context = torch.ones(2, 28, dtype=torch.bool)
+    context[1, -3:] = False
+    fast = vsf_joint(image, positive, negative, scale=3.5, offset=0.1, cap=0.5, context_mask=context, from_text=True)
+    for b, n in ((0, 8), (1, 5)):
+        i, p, neg = ([x[b:b + 1] for x in group] for group in (image, positive, negative))
+        keys, values = (torch.cat([a, c[:, :, :n]], 2) for a, c in zip(i[1:], p[1:]))
+        want = naive_contrast(i[0], keys, values, *neg[1:], 3.5, 0.1, 0.5, text=(p[1][:, :, :n], p[2][:, :, :n]))
+        assert torch.allclose(fast[0][b:b + 1].double(), want, atol=1e-5), b
 
 
 def test_contrast_at_scale_zero_or_infinite_offset_is_the_positive_attention():
@@ -100,8 +118,9 @@ def test_contrast_at_scale_zero_or_infinite_offset_is_the_positive_attention():
     q, k, v = (torch.cat([a, b], 2) for a, b in zip(image, positive))
     plain = torch.nn.functional.scaled_dot_product_attention(q, k, v)[:, :, :30]
     for scale, offset in ((0.0, 0.1), (3.5, math.inf)):
-        fast = vsf_joint(image, positive, negative, scale=scale, offset=offset, cap=0.5)
-        assert torch.allclose(fast[0], plain, atol=1e-6)
+        for from_text in (False, True):
+            fast = vsf_joint(image, positive, negative, scale=scale, offset=offset, cap=0.5, from_text=from_text)
+            assert torch.allclose(fast[0], plain, atol=1e-6)
         alone = torch.nn.functional.scaled_dot_product_attention(image[0], *positive[1:])
         assert torch.allclose(vsf_cross(image[0], positive[1:], negative[1:], scale=scale, offset=offset, cap=0.5),
                               alone, atol=1e-6)
@@ -154,20 +173,22 @@ def test_pipeline_equals_dense_oracle(fixture, request):
     assert not torch.allclose(fast, generate(pipe), atol=1e-3), "guidance had no effect"
 
 
+@pytest.mark.parametrize("variant", ["contrast", "text-contrast"])
 @pytest.mark.parametrize("fixture", ["sd3", "sd3_dual"])
-def test_contrast_variant_on_the_pipeline_equals_its_dense_oracle(fixture, request):
+def test_contrast_variants_on_the_pipeline_equal_their_dense_oracle(fixture, variant, request):
     from vsf_cli.guidance.vsf import CAP
 
     pipe = request.getfixturevalue(fixture)
-    with guidance.apply(pipe, "vsf", negative="wheels", scale=3.5, offset=0.1, variant="contrast"):
+    with guidance.apply(pipe, "vsf", negative="wheels", scale=3.5, offset=0.1, variant=variant):
         fast = generate(pipe)
     neg = unpadded_negative(pipe, "wheels")
-    dense = run_with_oracle(pipe, DenseVSF(77 + 256, neg.shape[1], 3.5, 0.1, cap=CAP), [neg])
-    assert torch.allclose(fast, dense, atol=1e-4)
-    with guidance.apply(pipe, "vsf", negative="wheels", scale=3.5, offset=0.1, variant="paper"):
-        assert not torch.allclose(fast, generate(pipe), atol=1e-3)
+    oracle = DenseVSF(77 + 256, neg.shape[1], 3.5, 0.1, cap=CAP, from_text=variant == "text-contrast")
+    assert torch.allclose(fast, run_with_oracle(pipe, oracle, [neg]), atol=1e-4)
+    for other in {"paper", "contrast", "text-contrast"} - {variant}:
+        with guidance.apply(pipe, "vsf", negative="wheels", scale=3.5, offset=0.1, variant=other):
+            assert not torch.allclose(fast, generate(pipe), atol=1e-3), other
     plain = generate(pipe)
-    with guidance.apply(pipe, "vsf", negative="wheels", scale=0.0, variant="contrast"):
+    with guidance.apply(pipe, "vsf", negative="wheels", scale=0.0, variant=variant):
         assert torch.allclose(generate(pipe), plain, atol=1e-5)  # neutral: no push, no dilution
 
 

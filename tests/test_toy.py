@@ -199,6 +199,19 @@ def test_on_toy_z_the_contrast_variant_keeps_the_objects_the_papers_vsf_loses(to
     assert paper <= 0.45 and contrast - paper >= 0.25, (paper, contrast)
 
 
+def test_on_the_sd3_toy_text_contrast_does_not_add_the_suns_every_flipped_negative_adds(toy):
+    # docs/toy.md, 12 seeds of the multi tier's singles that are not `sun`: images with a sun 0.43 unguided,
+    # 0.79 under the paper's VSF, 0.43 under text-contrast.
+    jobs = [j for j in bench.collateral_jobs(world.held_out_prompts()) if j["tier"] == "multi-single" and j["neg"] != "sun"]
+
+    def suns(config):
+        records = bench.run(toy, jobs, [0, 1], bench.CONFIGS[config])
+        return np.mean(["sun" in r["distractors"].split("+") for r in records])
+
+    none, paper, text = suns("none"), suns("vsf-paper"), suns("vsf-text-contrast")
+    assert paper - none >= 0.2 and abs(text - none) <= 0.12, (none, paper, text)
+
+
 def test_training_smoke(tmp_path):
     from vsf_cli.toy import train
 

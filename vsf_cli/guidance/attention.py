@@ -92,24 +92,29 @@ def with_flipped(
     offset: float,
     negative_mask: torch.Tensor | None,
     cap: float | None = None,
+    reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Merge the negative's keys, with values times -scale and logits minus offset, into an attention result.
 
     `attended` is (output, log-sum-exp) of the queries `q` over their other keys; an infinite offset leaves it as is.
-    `cap` None is the paper's merge; a number is the contrast variant (`pushed_away`) with that cap.
+    `cap` None is the paper's merge; a number is a contrast variant (`pushed_away`) with that cap, its push taken
+    from `reference` (None: the attended output itself).
     """
     if offset == float("inf"):
         return attended[0]
     if cap is None:
         return merge(attended, small_attention_lse(q, k_n, v_n * -scale, bias=-offset, key_mask=negative_mask))
-    return pushed_away(attended, small_attention_lse(q, k_n, v_n, bias=-offset, key_mask=negative_mask), scale, cap)
+    negative = small_attention_lse(q, k_n, v_n, bias=-offset, key_mask=negative_mask)
+    return pushed_away(attended, negative, scale, cap, reference)
 
 
 def pushed_away(attended: tuple[torch.Tensor, torch.Tensor], negative: tuple[torch.Tensor, torch.Tensor],
-                scale: float, cap: float) -> torch.Tensor:
-    """VSF's contrast variant (docs/method.md §1.4): Z = Z+ + scale * s * (Z+ - Z-), where s is the share of the
-    softmax the negative's keys would take beside the others (the paper's weight, offset included). The push's L1
-    norm over all heads' channels is capped at `cap` times Z+'s, token by token, as NAG caps its guidance.
+                scale: float, cap: float, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """VSF's contrast variants (docs/method.md §1.4): Z = Z+ + scale * s * (R - Z-), where s is the share of the
+    softmax the negative's keys would take beside the others (the paper's weight, offset included) and R is Z+
+    (`contrast`) or the query's readout of the positive prompt's tokens alone (`text-contrast`, passed as
+    `reference`). The push's L1 norm over all heads' channels is capped at `cap` times Z+'s, token by token, as
+    NAG caps its guidance.
 
     The paper's merge is (1 - s) Z+ - scale * s * Z-: it dilutes the positive wherever a query reads the negative,
     and pushes along Z-'s part shared with every text, which is what moved objects and colours that a negative
@@ -118,7 +123,7 @@ def pushed_away(attended: tuple[torch.Tensor, torch.Tensor], negative: tuple[tor
     (z_p, lse_p), (z_n, lse_n) = attended, negative
     share = torch.sigmoid(lse_n - lse_p).unsqueeze(-1)
     positive = z_p.float()
-    push = scale * share * (positive - z_n.float())
+    push = scale * share * ((positive if reference is None else reference.float()) - z_n.float())
     if cap != float("inf"):
         ratio = push.abs().sum(dim=(1, 3), keepdim=True) / positive.abs().sum(dim=(1, 3), keepdim=True)
         push = push * torch.clamp(cap / ratio, max=1.0).nan_to_num(1.0)
@@ -177,6 +182,7 @@ def vsf_joint(
     negative_mask: torch.Tensor | None = None,
     context_mask: torch.Tensor | None = None,
     cap: float | None = None,
+    from_text: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """VSF in one joint (MMDiT) attention layer; returns the outputs of the image, positive and negative queries.
 
@@ -186,7 +192,8 @@ def vsf_joint(
       negative queries  -> image, negative (the collector N0)
     Image and positive queries share one fused attention over [image, positive]. The key masks (batch, keys), False
     for padding, cover the negative and [image, positive] (`context_mask`: a batch of captions of unequal length).
-    `cap` None is the paper's merge for the image queries; a number, the contrast variant with that cap.
+    `cap` None is the paper's merge for the image queries; a number, a contrast variant with that cap, pushing from
+    the image queries' whole output or, with `from_text`, from their readout of the positive's tokens alone.
     """
     q_i, k_i, v_i = image
     q_p, k_p, v_p = positive
@@ -194,7 +201,12 @@ def vsf_joint(
     n_i = q_i.shape[2]
     out, lse = attention_lse(torch.cat([q_i, q_p], dim=2), torch.cat([k_i, k_p], dim=2), torch.cat([v_i, v_p], dim=2),
                              key_mask=context_mask)
-    image_out = with_flipped((out[:, :, :n_i], lse[:, :, :n_i]), q_i, k_n, v_n, scale, offset, negative_mask, cap)
+    reference = None
+    if from_text and cap is not None and offset != float("inf"):
+        text_mask = None if context_mask is None else context_mask[:, n_i:]
+        reference = attention_lse(q_i, k_p, v_p, key_mask=text_mask)[0]
+    image_out = with_flipped((out[:, :, :n_i], lse[:, :, :n_i]), q_i, k_n, v_n, scale, offset, negative_mask, cap,
+                             reference)
     image_mask = None if context_mask is None else context_mask[:, :n_i]
     collector = merge(attention_lse(q_n, k_i, v_i, key_mask=image_mask),
                       small_attention_lse(q_n, k_n, v_n, key_mask=negative_mask))

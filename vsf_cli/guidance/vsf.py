@@ -18,25 +18,28 @@ class VSF(AttentionMethod):
                          "-scale; higher pushes harder away from the negative")
     offset: float = Field(0.1, ge=-5.0, description="logit offset beta subtracted from image->negative logits; higher "
                           "damps the negative, inf = off")
-    variant: Literal["paper", "contrast"] = Field(
-        "paper", description="paper (the paper's sign flip) or contrast (push away from the negative relative to the "
-        "positive, capped: keeps objects a negative does not name, adds suns on the toy; docs/toy.md)")
+    variant: Literal["paper", "contrast", "text-contrast"] = Field(
+        "paper", description="paper (the paper's sign flip); contrast (push away from the negative relative to the "
+        "positive attention output, capped: keeps objects a negative does not name, adds suns on the toy); "
+        "text-contrast (the same push, relative to what a patch reads from the prompt's tokens alone; docs/toy.md)")
     compat: Literal["paper", "reference"] = Field(
         "paper", description="stream layout: paper (the paper's design) or reference (the seed code's, with the negative "
         "twice, which the paper's numbers used)"
     )
 
     def _cap(self) -> float | None:
-        return CAP if self.variant == "contrast" else None
+        return None if self.variant == "paper" else CAP
 
     def kernel(self):
         from functools import partial
 
         from vsf_cli.guidance.attention import vsf_joint
 
-        return partial(vsf_joint, scale=self.scale, offset=self.offset, cap=self._cap())
+        return partial(vsf_joint, scale=self.scale, offset=self.offset, cap=self._cap(),
+                       from_text=self.variant == "text-contrast")
 
     def cross_kernel(self):
+        """In cross-attention the positive output is already the prompt's readout: both contrast variants agree."""
         from functools import partial
 
         from vsf_cli.guidance.attention import vsf_cross

@@ -135,6 +135,7 @@ CONFIGS = {
     "vsf-paper": Config("vsf-paper", params=PAPER),  # the paper's exact method at the same scale and offset
     "vsf-contrast": Config("vsf-contrast", params=(("variant", "contrast"),)),
     "vsf-contrast-s5": Config("vsf-contrast-s5", params=(("variant", "contrast"), ("scale", 5.0))),
+    "vsf-text-contrast": Config("vsf-text-contrast", params=(("variant", "text-contrast"),)),
     # The sweeps, controls and pooled rows of docs/toy.md were measured on the paper's variant, and stay on it.
     **{f"vsf-s{s:g}": Config(f"vsf-s{s:g}", params=(*PAPER, ("scale", s))) for s in (1.0, 2.0, 5.0, 8.0)},
     "vsf-o0": Config("vsf-o0", params=(*PAPER, ("offset", 0.0))),
