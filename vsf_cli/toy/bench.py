@@ -408,32 +408,44 @@ def main(argv: list[str] | None = None) -> None:
     order = [*asked, *(n for n in records_by if n not in asked)]  # the tables follow --configs, reused rows included
     if not order:
         raise SystemExit("--configs: name at least one config, or --reuse an earlier run")
-    pipe = load(args.model) if any(n not in records_by for n in order) else None
+    fresh = [n for n in order if n not in records_by]
+    pipe = load(args.model) if fresh else None
     results, per_neg = {}, {}
-    for name in order:
-        t0 = time.time()
-        records = records_by.get(name) or run(pipe, jobs, seeds, CONFIGS[name])
+
+    def add(name: str, records: list[dict], t0: float) -> None:
         records_by[name] = records
-        results[name] = summarise(records)
+        results[name] = s = summarise(records)
         toyneg = [r for r in records if r["tier"] in ("attribute", "object", "part")]
         per_neg[name] = {n: float(np.mean([r["clean"] for r in toyneg if r["neg"] == n]))
                          for n in sorted({r["neg"] for r in toyneg})}
-        s = results[name]
         print(f"{name:14s} " + "  ".join(f"{t} {s[t]['object']:.2f}/{s[t]['absent']:.2f}/{s[t]['clean']:.2f}"
                                          for t in (*TIERS, *COLLATERAL_TIERS) if t in s)
               + f"  ({time.time() - t0:.0f} s)", flush=True)
-        text = markdown(results) if "toyneg" in tiers else ""
-        done = {n: records_by[n] for n in order if n in results}  # in --configs order
+
+    def report() -> str:
+        """The tables of the configs so far, in --configs order, written to --markdown and --json."""
+        ordered = [n for n in order if n in results]
+        done = {n: records_by[n] for n in ordered}
+        text = markdown({n: results[n] for n in ordered}) if "toyneg" in tiers else ""
         table = collateral(done) if "collateral" in tiers else {}
         if table:
             text += ("\n\n" if text else "") + collateral_markdown(table)
-        # Written after every config, so that a long run stopped part way keeps the rows it finished.
         if args.markdown:
             args.markdown.write_text(text + "\n", encoding="utf-8")
         if args.json:
-            args.json.write_text(json.dumps({**setup, "results": results,
-                                             "clean_by_negative": per_neg, "collateral": table,
-                                             "records": done}), encoding="utf-8")
+            args.json.write_text(json.dumps({**setup, "results": {n: results[n] for n in ordered},
+                                             "clean_by_negative": {n: per_neg[n] for n in ordered},
+                                             "collateral": table, "records": done}), encoding="utf-8")
+        return text
+
+    for name in order:  # reused rows first: they cost nothing, and the tables put every row in its place
+        if name not in fresh:
+            add(name, records_by[name], time.time())
+    text = "" if fresh else report()
+    for name in fresh:
+        t0 = time.time()
+        add(name, run(pipe, jobs, seeds, CONFIGS[name]), t0)
+        text = report()  # after every rendered config, so that a long run stopped part way keeps its rows
     print(text)
 
 
