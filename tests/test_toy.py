@@ -74,8 +74,9 @@ def test_collateral_statistics_on_known_records():
     assert bench.total_variation(["a", "b"], ["b", "a"]) == 0.0
 
 
-def test_bench_reuses_rows_an_earlier_run_saved(tmp_path, monkeypatch):
+def test_bench_reuses_rows_an_earlier_run_saved(tmp_path, monkeypatch, capsys):
     import json
+    import re
 
     import yaml
 
@@ -96,15 +97,16 @@ def test_bench_reuses_rows_an_earlier_run_saved(tmp_path, monkeypatch):
     assert b["records"]["none"] == a["records"]["none"]
     assert list(b["results"]) == list(b["records"]) == ["vsf", "none"]  # in --configs order
     assert len(b["records"]["vsf"]) == 2
-    with pytest.raises(SystemExit, match="--reuse .* it ran"):
-        bench.main(["--preset", str(preset), "--tiers", "toyneg", "--seeds", "1", "--reuse", str(first)])
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(SystemExit, match="bad.json: not a --json file"):
-        bench.main([*common, "--reuse", str(tmp_path / "bad.json")])
-    with pytest.raises(SystemExit, match="name at least one"):
-        bench.main([*common, "--configs", ""])
-    with pytest.raises(SystemExit, match="unknown vsf-nope"):
-        bench.main([*common, "--configs", "vsf-nope"])
+    for argv, says in [(["--preset", str(preset), "--tiers", "toyneg", "--seeds", "1", "--reuse", str(first)],
+                        "--reuse .* it ran"),
+                       ([*common, "--reuse", str(tmp_path / "bad.json")], "--reuse .*bad.json: not a --json file"),
+                       ([*common, "--configs", ""], "--configs: name at least one"),
+                       ([*common, "--configs", "vsf-nope"], "--configs: unknown vsf-nope")]:
+        with pytest.raises(SystemExit) as exit_:  # usage errors: argparse's exit code 2 and its one error line
+            bench.main(argv)
+        assert exit_.value.code == 2
+        assert re.search("error: " + says, capsys.readouterr().err)
 
 
 def test_every_word_is_one_token():

@@ -398,16 +398,16 @@ def main(argv: list[str] | None = None) -> None:
             earlier = json.loads(path.read_text(encoding="utf-8"))
             theirs, records = {k: earlier.get(k) for k in setup}, earlier["records"]
         except (OSError, ValueError, KeyError, AttributeError) as e:
-            raise SystemExit(f"--reuse {path}: not a --json file of this benchmark ({type(e).__name__}: {e})")
+            ap.error(f"--reuse {path}: not a --json file of this benchmark ({type(e).__name__}: {e})")
         if theirs != setup:
-            raise SystemExit(f"--reuse {path}: it ran {theirs}, this run is {setup}")
+            ap.error(f"--reuse {path}: it ran {theirs}, this run is {setup}")
         records_by |= records
     asked = [n for n in args.configs.split(",") if n]
     if unknown := [n for n in asked if n not in CONFIGS and n not in records_by]:
-        raise SystemExit(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+        ap.error(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     order = [*asked, *(n for n in records_by if n not in asked)]  # the tables follow --configs, reused rows included
     if not order:
-        raise SystemExit("--configs: name at least one config, or --reuse an earlier run")
+        ap.error("--configs: name at least one config, or --reuse an earlier run")
     fresh = [n for n in order if n not in records_by]
     pipe = load(args.model) if fresh else None
     results, per_neg = {}, {}
